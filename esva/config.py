@@ -1,0 +1,204 @@
+"""Typed, strict configs: one pydantic model per params.yaml section.
+
+Every model forbids unknown keys and checks types strictly, so a typo in params.yaml or in a
+`--set key=value` override is an error that names the key instead of a silently ignored knob.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A params file or override that does not fit the schema. The message names the key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SplitFractions(Strict):
+    train: float = 0.7
+    val: float = 0.15
+    test: float = 0.15
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> "SplitFractions":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6 or min(self.train, self.val, self.test) < 0:
+            raise ValueError(f"split fractions must be >= 0 and sum to 1, got {total:.4f}")
+        return self
+
+
+class SynthConfig(Strict):
+    """The embedded synthetic corpus (`esva synth`)."""
+
+    seed: int = 2024
+    n_clips: int = Field(240, ge=6)
+    split: SplitFractions = SplitFractions()
+    difficulty: float = Field(0.5, ge=0.0, le=1.0)
+    width: int = Field(320, ge=96)
+    height: int = Field(240, ge=96)
+    fps: int = Field(25, ge=5, le=60)
+    sample_rate: int = Field(16000, ge=8000)
+    min_seconds: float = Field(2.0, gt=0)
+    max_seconds: float = Field(5.0, gt=0)
+    max_offset_ms: float = Field(200.0, ge=0)
+    lexical_cue_prob: float = Field(0.4, ge=0.0, le=1.0)
+    crf: int = Field(20, ge=0, le=51)
+    workers: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _durations(self) -> "SynthConfig":
+        if self.max_seconds < self.min_seconds:
+            raise ValueError(
+                f"synth.max_seconds ({self.max_seconds}) must be >= synth.min_seconds ({self.min_seconds})"
+            )
+        return self
+
+
+ADAPTERS = ("synthetic", "folder", "mer2023", "mer2024", "merr", "emer")
+
+
+class Source(Strict):
+    name: str
+    adapter: Literal["synthetic", "folder", "mer2023", "mer2024", "merr", "emer"]
+    root: str
+
+
+class DataConfig(Strict):
+    """Which datasets exist and where they live (`data.sources`)."""
+
+    sources: tuple[Source, ...] = (Source(name="synthetic", adapter="synthetic", root="data/raw/synthetic"),)
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    @model_validator(mode="after")
+    def _unique(self) -> "DataConfig":
+        names = [s.name for s in self.sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"data.sources names must be unique, duplicated: {dup}")
+        if not names:
+            raise ValueError("data.sources is empty")
+        return self
+
+
+class IngestConfig(Strict):
+    max_skip_ratio: float = Field(0.1, ge=0.0, le=1.0)
+
+
+class DecodeConfig(Strict):
+    fps: float = Field(25.0, gt=0)
+    sample_rate: int = Field(16000, ge=8000)
+    max_side: int = Field(320, ge=32)
+    min_seconds: float = Field(0.5, ge=0)
+    max_seconds: float = Field(120.0, gt=0)
+    require_audio: bool = True
+    require_video: bool = True
+    workers: int = Field(2, ge=1)
+    max_skip_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    timeout_s: float = Field(600.0, gt=0)
+
+
+class CropConfig(Strict):
+    backend: Literal["auto", "haar", "face_alignment"] = "haar"
+    size: int = Field(224, ge=32)
+    margin: float = Field(0.25, ge=0.0, le=2.0)
+    smooth: float = Field(0.6, ge=0.0, lt=1.0)
+    min_face_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    skip_if_no_face: bool = True
+    device: str = "cpu"
+    workers: int = Field(2, ge=1)
+    max_skip_ratio: float = Field(0.1, ge=0.0, le=1.0)
+
+
+class Params(Strict):
+    """The whole params.yaml. Sections for later stages are added by their issues."""
+
+    synth: SynthConfig = SynthConfig()
+    data: DataConfig = DataConfig()
+    ingest: IngestConfig = IngestConfig()
+    decode: DecodeConfig = DecodeConfig()
+    crop: CropConfig = CropConfig()
+
+
+def _parse_value(raw: str) -> Any:
+    """An override's value is YAML, so `--set synth.n_clips=12` gives an int and `x=[a,b]` a list."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_overrides(tree: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Apply `key.sub=value` overrides to a nested dict; an unknown path is an error naming it."""
+    tree = copy.deepcopy(tree)
+    defaults = Params().model_dump(mode="python")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node, ref = tree, defaults
+        for i, part in enumerate(parts):
+            known = isinstance(ref, dict) and part in ref
+            if not known:
+                raise ConfigError(f"unknown params key {'.'.join(parts[: i + 1])!r} in override {item!r}")
+            if i == len(parts) - 1:
+                node[part] = _parse_value(raw)
+            else:
+                node = node.setdefault(part, {})
+                ref = ref[part]
+    return tree
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{source}: {loc}: {e['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Read params.yaml (or defaults when path is None), apply overrides, validate strictly."""
+    tree: dict = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"params file not found: {p}")
+        with p.open("r", encoding="utf-8") as fh:
+            loaded = yaml.safe_load(fh) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping, got {type(loaded).__name__}")
+        tree = loaded
+        source = str(p)
+    tree = apply_overrides(tree, overrides)
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def config_hash(*parts: Any) -> str:
+    """A short stable hash of JSON-able config pieces, for store provenance and rebuild checks."""
+    blob = json.dumps(
+        [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""Manifest schema, dataset adapters and the synthetic corpus generator."""

@@ -1,0 +1,318 @@
+"""Dataset adapters: each reads a dataset's own files and returns manifest rows plus problems.
+
+A registry dict maps the adapter name to its function `(root, name, labels) -> AdapterResult`.
+Formats (as the datasets ship them):
+
+- synthetic: `labels.csv` + `ground_truth.csv` written by `esva synth`, videos under `videos/`.
+- folder: every video under root; optional `labels.csv` with `name,label` (or `name,discrete`).
+- mer2023: `train-label.csv` / `test{1,2,3}-label.csv` (`name,discrete,valence`), videos in
+  `train/ test1/ test2/ test3/`.
+- mer2024: `label-disdim.csv` (`name,discrete`) and an OV file (`name,openset`, openset a Python list
+  string such as "['happy', 'excited']").
+- merr: Emotion-LLaMA's space-separated annotation txt (`name frames label [valence]`) plus the
+  coarse- and fine-grained caption JSON files ({name: caption or {..., "smp_reason_caption": ...}}).
+- emer: `names,emotions,subtitles,reasons` and `name,chinese,english`.
+
+Transcript CSVs (`name,sentence` or `name,english`) anywhere directly under root attach to rows.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+from esva import LABELS
+from esva.data.manifest import AdapterResult, Problem, safe_id
+
+VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".flv", ".mpg", ".mpeg")
+
+ALIASES = {
+    "worry": "worried", "surprised": "surprise", "anger": "angry", "happiness": "happy", "sadness": "sad",
+    "neutrality": "neutral", "neu": "neutral", "ang": "angry", "hap": "happy", "wor": "worried", "sur": "surprise",
+}
+
+
+class AdapterError(ValueError):
+    """A dataset root that does not hold the files its adapter needs. Names the file."""
+
+
+def normalise_label(raw: object, labels: Iterable[str]) -> str | None:
+    """Map a raw label to the label set; None for empty. Raises KeyError for unknown labels."""
+    if raw is None:
+        return None
+    s = str(raw).strip().lower()
+    if s in ("", "nan", "none"):
+        return None
+    s = ALIASES.get(s, s)
+    if s not in set(labels):
+        raise KeyError(s)
+    return s
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    try:
+        with path.open("r", encoding="utf-8-sig", newline="") as fh:
+            return [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in csv.DictReader(fh)]
+    except UnicodeDecodeError as exc:
+        raise AdapterError(f"{path}: not UTF-8 text ({exc})") from None
+
+
+def _require(path: Path, columns: Iterable[str]) -> list[dict[str, str]]:
+    if not path.exists():
+        raise AdapterError(f"missing file: {path}")
+    rows = _read_csv(path)
+    with path.open("r", encoding="utf-8-sig", newline="") as fh:
+        header = [h.strip() for h in next(csv.reader(fh), [])]
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise AdapterError(f"{path}: missing columns {missing} (has {header})")
+    return rows
+
+
+def index_videos(root: Path, exts: Iterable[str] = VIDEO_EXTS) -> dict[str, list[Path]]:
+    """stem -> video paths under root (relative), found recursively."""
+    exts = tuple(e.lower() for e in exts)
+    out: dict[str, list[Path]] = {}
+    for dirpath, _, files in os.walk(root):
+        for f in sorted(files):
+            if f.lower().endswith(exts) and not f.endswith(".part.mp4"):
+                p = Path(dirpath, f).relative_to(root)
+                out.setdefault(Path(f).stem, []).append(p)
+    return out
+
+
+def transcripts(root: Path) -> dict[str, str]:
+    """name -> transcript from any `name,english` or `name,sentence` CSV directly under root."""
+    found: dict[str, str] = {}
+    for path in sorted(root.glob("*.csv")):
+        with path.open("r", encoding="utf-8-sig", newline="") as fh:
+            header = [h.strip() for h in next(csv.reader(fh), [])]
+        col = "english" if "english" in header else "sentence" if "sentence" in header else None
+        if "name" not in header or col is None:
+            continue
+        for r in _read_csv(path):
+            if r.get(col) and r["name"] not in found:
+                found[r["name"]] = r[col]
+    return found
+
+
+class _Builder:
+    """Collects rows and problems with the checks every adapter shares."""
+
+    def __init__(self, dataset: str, root: Path, labels: Iterable[str]):
+        self.dataset, self.root, self.labels = dataset, root, tuple(labels)
+        self.videos = index_videos(root)
+        self.result = AdapterResult()
+        self.seen: dict[str, str] = {}
+        self.texts = transcripts(root)
+
+    def add(self, src: str, row_no: int | None, name: str, split: str, label: object = None, valence: object = None,
+            ov: list[str] | None = None, transcript: str | None = None, reason: str = "",
+            prefer_dir: str | None = None, video: Path | None = None, **extra) -> None:
+        self.result.n_in += 1
+        name = (name or "").strip()
+        if not name:
+            self.result.problems.append(Problem(src, row_no, name, "empty name"))
+            return
+        cid = safe_id(name)
+        if cid in self.seen:
+            self.result.problems.append(Problem(src, row_no, name, f"duplicate id (first seen at {self.seen[cid]})"))
+            return
+        try:
+            lab = normalise_label(label, self.labels)
+        except KeyError as exc:
+            self.result.problems.append(Problem(src, row_no, name, f"unknown label {exc.args[0]!r} (label set: {list(self.labels)})"))
+            return
+        cands = [video] if video is not None else self.videos.get(Path(name).stem, [])
+        if prefer_dir:
+            pref = [c for c in cands if c.parts and c.parts[0] == prefer_dir]
+            cands = pref or cands
+        if not cands:
+            self.result.problems.append(Problem(src, row_no, name, f"missing video (no {name}.* under {self.root})"))
+            return
+        val = None
+        if valence not in (None, ""):
+            try:
+                val = float(valence)
+            except (TypeError, ValueError):
+                self.result.problems.append(Problem(src, row_no, name, f"valence {valence!r} is not a number"))
+                return
+        self.seen[cid] = f"{src}:{row_no}"
+        self.result.rows.append({
+            "clip_id": cid, "video_path": cands[0].as_posix(), "root": str(self.root), "split": split,
+            "label": lab, "valence": val, "ov_labels": [w.strip().lower() for w in (ov or []) if w.strip()],
+            "transcript": transcript if transcript is not None else self.texts.get(name, ""),
+            "reason": reason or "", "dataset": self.dataset, "source_name": name, **extra,
+        })
+
+
+def synthetic(root: Path, dataset: str, labels: Iterable[str]) -> AdapterResult:
+    b = _Builder(dataset, root, labels)
+    rows = _require(root / "labels.csv", ["name", "split", "discrete", "valence", "transcript", "reason", "openset"])
+    gt = {r["clip_id"]: r for r in _require(root / "ground_truth.csv", ["clip_id", "offset_ms"])}
+    for i, r in enumerate(rows, start=2):
+        extra = {}
+        g = gt.get(r["name"])
+        if g is None:
+            b.result.problems.append(Problem("labels.csv", i, r["name"], "no ground-truth row in ground_truth.csv"))
+            b.result.n_in += 1
+            continue
+        for k, v in g.items():
+            if k in ("clip_id", "index", "label", "split", "transcript", "reason", "ov_labels", "valence"):
+                continue
+            try:
+                extra[f"gt_{k}" if k != "offset_ms" else k] = float(v) if v not in ("True", "False") else v == "True"
+            except ValueError:
+                extra[f"gt_{k}"] = v
+        b.add("labels.csv", i, r["name"], r["split"], r["discrete"], r["valence"], _pylist(r["openset"]),
+              r["transcript"], r["reason"], **extra)
+    return b.result
+
+
+def _pylist(s: str) -> list[str]:
+    s = (s or "").strip()
+    if not s:
+        return []
+    try:
+        v = ast.literal_eval(s)
+    except (ValueError, SyntaxError):
+        v = [w for w in s.strip("[]").replace(";", ",").split(",")]
+    if isinstance(v, str):
+        v = [v]
+    return [str(w).strip().strip("'\"") for w in v if str(w).strip()]
+
+
+def folder(root: Path, dataset: str, labels: Iterable[str]) -> AdapterResult:
+    b = _Builder(dataset, root, labels)
+    lab_file = root / "labels.csv"
+    known: dict[str, tuple[int, dict]] = {}
+    if lab_file.exists():
+        for i, r in enumerate(_read_csv(lab_file), start=2):
+            known[Path(r.get("name", "")).stem] = (i, r)
+    for stem, paths in sorted(b.videos.items()):
+        for p in paths:
+            i, r = known.get(stem, (None, {}))
+            name = p.with_suffix("").as_posix() if len(paths) > 1 else stem
+            b.add("labels.csv" if i else p.as_posix(), i, name, r.get("split") or "all",
+                  r.get("label") or r.get("discrete"), r.get("valence"), _pylist(r.get("openset", "")), None,
+                  r.get("reason", ""), video=p)
+    return b.result
+
+
+def mer2023(root: Path, dataset: str, labels: Iterable[str]) -> AdapterResult:
+    b = _Builder(dataset, root, labels)
+    files = [(s, root / f"{s}-label.csv") for s in ("train", "test1", "test2", "test3")]
+    if not any(p.exists() for _, p in files):
+        raise AdapterError(f"{root}: no MER2023 label file (expected train-label.csv or test1/2/3-label.csv)")
+    for split, path in files:
+        if not path.exists():
+            continue
+        for i, r in enumerate(_require(path, ["name", "discrete"]), start=2):
+            b.add(path.name, i, r["name"], split, r["discrete"], r.get("valence"), prefer_dir=split)
+    return b.result
+
+
+def mer2024(root: Path, dataset: str, labels: Iterable[str]) -> AdapterResult:
+    b = _Builder(dataset, root, labels)
+    disc = root / "label-disdim.csv"
+    ov_files = [p for p in sorted(root.glob("*.csv")) if "openset" in _header(p)]
+    if not disc.exists() and not ov_files:
+        raise AdapterError(f"{root}: no MER2024 label file (expected label-disdim.csv or a name,openset CSV)")
+    ov: dict[str, list[str]] = {}
+    for p in ov_files:
+        for r in _read_csv(p):
+            ov[r["name"]] = _pylist(r["openset"])
+    done = set()
+    if disc.exists():
+        for i, r in enumerate(_require(disc, ["name", "discrete"]), start=2):
+            b.add(disc.name, i, r["name"], "train", r["discrete"], r.get("valence"), ov.get(r["name"]))
+            done.add(r["name"])
+    for p in ov_files:
+        for i, r in enumerate(_read_csv(p), start=2):
+            if r["name"] not in done:
+                b.add(p.name, i, r["name"], "ov", None, None, ov[r["name"]])
+                done.add(r["name"])
+    return b.result
+
+
+def _header(path: Path) -> list[str]:
+    with path.open("r", encoding="utf-8-sig", newline="") as fh:
+        return [h.strip() for h in next(csv.reader(fh), [])]
+
+
+REASON_KEYS = ("smp_reason_caption", "reason_caption", "caption", "description", "reason")
+
+
+def _caption(v: object) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, dict):
+        for k in REASON_KEYS:
+            if isinstance(v.get(k), str):
+                return v[k]
+    return ""
+
+
+def merr(root: Path, dataset: str, labels: Iterable[str]) -> AdapterResult:
+    b = _Builder(dataset, root, labels)
+    txts = sorted(root.glob("*.txt"))
+    if not txts:
+        raise AdapterError(f"{root}: no MERR annotation txt (`name frames label [valence]` per line)")
+    captions: dict[str, str] = {}
+    for grain in ("coarse", "fine"):  # fine-grained captions win over coarse ones
+        for p in sorted(root.glob(f"*{grain}*.json")):
+            try:
+                with p.open("r", encoding="utf-8") as fh:
+                    data = json.load(fh)
+            except json.JSONDecodeError as exc:
+                raise AdapterError(f"{p}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+            if not isinstance(data, dict):
+                raise AdapterError(f"{p}: expected a JSON object name -> caption, got {type(data).__name__}")
+            for k, v in data.items():
+                if _caption(v):
+                    captions[k] = _caption(v)
+    for path in txts:
+        with path.open("r", encoding="utf-8") as fh:
+            for i, line in enumerate(fh, start=1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) < 3:
+                    b.result.n_in += 1
+                    b.result.problems.append(Problem(path.name, i, parts[0], f"expected `name frames label [valence]`, got {line.strip()!r}"))
+                    continue
+                val = parts[3] if len(parts) > 3 else None
+                b.add(path.name, i, parts[0], "train", parts[2], val, reason=captions.get(parts[0], ""))
+    return b.result
+
+
+def emer(root: Path, dataset: str, labels: Iterable[str]) -> AdapterResult:
+    b = _Builder(dataset, root, labels)
+    gts = [p for p in sorted(root.glob("*.csv")) if {"names", "emotions"} <= set(_header(p))]
+    if not gts:
+        raise AdapterError(f"{root}: no EMER file with columns names,emotions,subtitles,reasons")
+    for path in gts:
+        for i, r in enumerate(_require(path, ["names", "emotions", "subtitles", "reasons"]), start=2):
+            words = [w.strip().lower() for w in r["emotions"].replace(";", ",").replace("，", ",").split(",") if w.strip()]
+            label = next((w for w in (ALIASES.get(x, x) for x in words) if w in b.labels), None)
+            b.add(path.name, i, r["names"], "all", label, None, words, b.texts.get(r["names"]) or r["subtitles"],
+                  r["reasons"])
+    return b.result
+
+
+ADAPTERS: dict[str, Callable[[Path, str, Iterable[str]], AdapterResult]] = {
+    "synthetic": synthetic, "folder": folder, "mer2023": mer2023, "mer2024": mer2024, "merr": merr, "emer": emer,
+}
+
+
+def run_adapter(adapter: str, root: str | Path, dataset: str | None = None, labels: Iterable[str] = LABELS) -> AdapterResult:
+    if adapter not in ADAPTERS:
+        raise AdapterError(f"unknown dataset adapter {adapter!r}; choose from {sorted(ADAPTERS)}")
+    root = Path(root)
+    if not root.is_dir():
+        raise AdapterError(f"dataset root is not a directory: {root}")
+    return ADAPTERS[adapter](root, dataset or adapter, labels)

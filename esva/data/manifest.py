@@ -1,0 +1,93 @@
+"""The manifest: one row a clip (DESIGN.md section 3), stored as parquet."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+COLUMNS = ["clip_id", "video_path", "root", "split", "label", "valence", "ov_labels", "transcript", "reason", "dataset"]
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_id(name: str) -> str:
+    """A clip id that is safe as a key and a file name: ASCII letters, digits, `_.-`.
+
+    Names that are already safe are kept; others are transliterated and get a short hash of the
+    original so that two names that fold to the same ASCII stay distinct."""
+    if _SAFE.sub("", name) == name and name and not name.startswith("."):
+        return name
+    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = _SAFE.sub("_", folded).strip("._") or "clip"
+    return f"{slug[:80]}-{hashlib.sha1(name.encode('utf-8')).hexdigest()[:8]}"
+
+
+@dataclass
+class Problem:
+    """A row that failed validation: where it is, and why."""
+
+    source: str
+    row: int | None
+    name: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.row}" if self.row is not None else self.source
+        return f"{where}: {self.name!r}: {self.reason}"
+
+
+@dataclass
+class AdapterResult:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    n_in: int = 0
+
+
+def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    for col in COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    df["valence"] = pd.to_numeric(df["valence"], errors="coerce").astype("float64")
+    df["ov_labels"] = df["ov_labels"].map(lambda v: list(v) if isinstance(v, (list, tuple)) else [])
+    for col in ("transcript", "reason"):
+        df[col] = df[col].fillna("").astype(str)
+    extra = [c for c in df.columns if c not in COLUMNS]
+    return df[COLUMNS + extra].reset_index(drop=True)
+
+
+def write_manifest(df: pd.DataFrame, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.parquet")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"manifest not found: {path} (run `esva ingest` first)")
+    df = pd.read_parquet(path)
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: not an esva manifest, missing columns {missing}")
+    df["ov_labels"] = df["ov_labels"].map(lambda v: [str(x) for x in v] if v is not None else [])
+    return df
+
+
+def manifest_fingerprint(df: pd.DataFrame) -> str:
+    """Identity of the clips a stage reads (ids and files), for store rebuild decisions."""
+    blob = json.dumps(sorted(zip(df["clip_id"].astype(str), df["root"].astype(str), df["video_path"].astype(str))))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def video_file(row: pd.Series | dict) -> Path:
+    return Path(str(row["root"])) / str(row["video_path"])

@@ -1,0 +1,1 @@
+"""Media I/O (ffmpeg-python) and face detection/alignment."""

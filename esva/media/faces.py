@@ -1,0 +1,221 @@
+"""Face detection, alignment and cropping.
+
+Backends:
+- `haar`: OpenCV 4's bundled frontal-face Haar cascade (ships in the opencv-python wheel; offline).
+  Boxes are smoothed over time and cropped square with a margin.
+- `face_alignment`: S3FD boxes + FAN 68-point landmarks; crops are aligned by a similarity
+  transform that puts the eye centres and the mouth centre at fixed template positions. Its
+  weights must already be in the torch hub cache (`$TORCH_HOME/hub/checkpoints`): esva never
+  downloads them.
+- `auto`: face_alignment when its weights are present, else haar.
+
+Frames with no detection (documented policy): reuse the nearest earlier box; before the first
+detection, the nearest later box; in a clip with no detection at all, a centre crop (or a skip
+when `crop.skip_if_no_face`). Every such frame is counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FA_FILES = {"s3fd": "s3fd-619a316812.pth", "fan": "2DFAN4-11f355bf06.pth.tar"}
+
+
+class FaceBackendError(RuntimeError):
+    """A face backend that cannot run here; the message says what is missing and where."""
+
+
+def torch_hub_checkpoints() -> Path:
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def face_alignment_weights_present() -> bool:
+    d = torch_hub_checkpoints()
+    return all((d / f).exists() for f in FA_FILES.values())
+
+
+@dataclass
+class Detection:
+    box: np.ndarray  # (4,) x0, y0, x1, y1 in frame pixels
+    landmarks: np.ndarray | None = None  # (68, 2) when the backend gives them
+
+
+class HaarDetector:
+    name = "haar"
+
+    def __init__(self) -> None:
+        path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
+        self.cascade = cv2.CascadeClassifier(path)
+        if self.cascade.empty():
+            raise FaceBackendError(f"cannot load the Haar cascade {path} (opencv-python<5 ships it)")
+
+    def _search(self, gray: np.ndarray, min_side: int, max_side: int | None) -> np.ndarray:
+        kw = {"maxSize": (max_side, max_side)} if max_side else {}
+        found = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=4, minSize=(min_side, min_side), **kw)
+        return np.array([[x, y, x + w, y + h] for x, y, w, h in found], np.float32).reshape(-1, 4)
+
+    def detect(self, frames: np.ndarray) -> list[Detection | None]:
+        """Full-frame search until a face is found, then a search in a window around the last box
+        (sizes 0.7x-1.4x), which is faster and keeps the same person; full search again when lost."""
+        out: list[Detection | None] = []
+        prev = None
+        for frame in frames:
+            gray = cv2.equalizeHist(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY))
+            h, w = gray.shape
+            boxes = np.zeros((0, 4), np.float32)
+            if prev is not None:
+                side = float(max(prev[2] - prev[0], prev[3] - prev[1]))
+                x0, y0 = int(max(0, prev[0] - 0.5 * side)), int(max(0, prev[1] - 0.5 * side))
+                x1, y1 = int(min(w, prev[2] + 0.5 * side)), int(min(h, prev[3] + 0.5 * side))
+                boxes = self._search(gray[y0:y1, x0:x1], max(24, int(0.7 * side)), int(1.4 * side) + 1)
+                boxes[:, [0, 2]] += x0
+                boxes[:, [1, 3]] += y0
+            if len(boxes) == 0:
+                boxes = self._search(gray, max(24, min(h, w) // 8), None)
+            if len(boxes) == 0:
+                out.append(None)
+                continue
+            if prev is not None:  # keep the same face: closest to the previous box, then largest
+                c = (boxes[:, :2] + boxes[:, 2:]) / 2
+                pc = (prev[:2] + prev[2:]) / 2
+                score = -np.linalg.norm(c - pc, axis=1) + 0.1 * (boxes[:, 2] - boxes[:, 0])
+            else:
+                score = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            prev = boxes[int(np.argmax(score))]
+            out.append(Detection(prev.copy()))
+        return out
+
+
+class FaceAlignmentDetector:
+    """face_alignment's S3FD + FAN, loaded from the local torch hub cache only."""
+
+    name = "face_alignment"
+
+    def __init__(self, device: str = "cpu") -> None:
+        if not face_alignment_weights_present():
+            d = torch_hub_checkpoints()
+            raise FaceBackendError(
+                f"face_alignment weights not found in {d} (need {sorted(FA_FILES.values())}); esva does not "
+                "download them. Put them there (set TORCH_HOME to choose the folder) or use crop.backend=haar")
+        import face_alignment
+
+        self.fa = face_alignment.FaceAlignment(face_alignment.LandmarksType.TWO_D, device=device,
+                                               face_detector="sfd", flip_input=False, compile=False)
+
+    def detect(self, frames: np.ndarray, boxes: list[np.ndarray | None] | None = None) -> list[Detection | None]:
+        """S3FD boxes + FAN landmarks per frame; `boxes` (one per frame) skips S3FD where given."""
+        out: list[Detection | None] = []
+        for i, frame in enumerate(frames):
+            warnings.filterwarnings("ignore", message="No faces were detected")
+            prior = None if boxes is None or boxes[i] is None else [np.asarray(boxes[i], np.float64)]
+            res = self.fa.get_landmarks_from_image(frame, detected_faces=prior, return_bboxes=True)
+            lms, _, found = res if isinstance(res, tuple) else (res, None, None)
+            if not lms:
+                out.append(None)
+                continue
+            if found is not None:
+                areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in found]
+            else:
+                areas = [np.ptp(p[:, 0]) * np.ptp(p[:, 1]) for p in lms]
+            k = int(np.argmax(areas))
+            lm = np.asarray(lms[k], np.float32)[:, :2]
+            box = np.asarray(found[k][:4], np.float32) if found is not None else np.array(
+                [lm[:, 0].min(), lm[:, 1].min(), lm[:, 0].max(), lm[:, 1].max()], np.float32)
+            out.append(Detection(box, lm))
+        return out
+
+
+def make_detector(backend: str, device: str = "cpu"):
+    if backend == "haar":
+        return HaarDetector()
+    if backend == "face_alignment":
+        return FaceAlignmentDetector(device)
+    if backend == "auto":
+        if face_alignment_weights_present():
+            return FaceAlignmentDetector(device)
+        log.info("crop.backend=auto: face_alignment weights absent from %s, using haar", torch_hub_checkpoints())
+        return HaarDetector()
+    raise ValueError(f"crop.backend must be auto, haar or face_alignment, got {backend!r}")
+
+
+def fill_missing(dets: list[Detection | None]) -> tuple[list[Detection | None], int]:
+    """The no-face policy: nearest earlier detection, else nearest later one. Returns filled, count."""
+    filled: list[Detection | None] = list(dets)
+    last = None
+    for i, d in enumerate(dets):
+        if d is not None:
+            last = d
+        elif last is not None:
+            filled[i] = last
+    nxt = None
+    for i in range(len(dets) - 1, -1, -1):
+        if dets[i] is not None:
+            nxt = dets[i]
+        elif filled[i] is None and nxt is not None:
+            filled[i] = nxt
+    return filled, sum(d is None for d in dets)
+
+
+def smooth_boxes(boxes: np.ndarray, alpha: float) -> np.ndarray:
+    """Exponential smoothing forward and backward (zero lag) of (N, 4) boxes."""
+    if alpha <= 0 or len(boxes) < 2:
+        return boxes
+    fwd = boxes.copy()
+    for i in range(1, len(boxes)):
+        fwd[i] = alpha * fwd[i - 1] + (1 - alpha) * boxes[i]
+    bwd = fwd.copy()
+    for i in range(len(boxes) - 2, -1, -1):
+        bwd[i] = alpha * bwd[i + 1] + (1 - alpha) * fwd[i]
+    return bwd
+
+
+# template positions (fractions of the crop) for the aligned crop: eyes and mouth centre
+TEMPLATE = np.array([[0.34, 0.40], [0.66, 0.40], [0.50, 0.74]], np.float32)
+
+
+def box_transform(box: np.ndarray, size: int, margin: float) -> np.ndarray:
+    """2x3 affine mapping a square around the box (expanded by margin) onto a size x size crop."""
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    side = max(x1 - x0, y1 - y0) * (1 + 2 * margin)
+    s = size / side
+    return np.array([[s, 0, size / 2 - s * cx], [0, s, size / 2 - s * cy]], np.float32)
+
+
+def landmark_transform(lm: np.ndarray, size: int, margin: float) -> np.ndarray:
+    """Similarity transform putting eye centres and mouth centre of 68 landmarks on the template."""
+    src = np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[48:68].mean(0)]).astype(np.float32)
+    tpl = (TEMPLATE - 0.5) / (1 + 2 * margin) * (1 + 2 * 0.25) + 0.5  # margin 0.25 is the template's own
+    m, _ = cv2.estimateAffinePartial2D(src, tpl * size)
+    return m.astype(np.float32) if m is not None else None
+
+
+def crop_frames(frames: np.ndarray, dets: list[Detection | None], size: int, margin: float,
+                smooth: float) -> tuple[np.ndarray, np.ndarray]:
+    """Crops (N, size, size, 3) and the boxes used (N, 4). Frames without a detection must have been
+    filled (fill_missing); a None left means the centre-crop fallback."""
+    n, h, w = frames.shape[:3]
+    centre = np.array([(w - min(w, h)) / 2, (h - min(w, h)) / 2, (w + min(w, h)) / 2, (h + min(w, h)) / 2], np.float32)
+    boxes = np.stack([d.box if d is not None else centre for d in dets]) if n else np.zeros((0, 4), np.float32)
+    boxes = smooth_boxes(boxes.astype(np.float32), smooth)
+    crops = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        d = dets[i]
+        m = None
+        if d is not None and d.landmarks is not None:
+            m = landmark_transform(d.landmarks, size, margin)
+        if m is None:
+            m = box_transform(boxes[i], size, 0.0 if d is None else margin)
+        crops[i] = cv2.warpAffine(frames[i], m, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+    return crops, boxes

@@ -1,0 +1,133 @@
+"""The `esva` command line: one command per stage; each only parses and calls a stage's run()."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from esva import __version__
+
+app = typer.Typer(
+    name="esva", add_completion=False, pretty_exceptions_enable=False,
+    help="ESVA pipeline: synth -> ingest -> decode -> crop (-> extract -> train -> tune -> evaluate -> report). "
+         "Every command reads --params (default params.yaml) and accepts --set key=value overrides.",
+)
+err = Console(stderr=True)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", help="params file (YAML); its sections configure the stages")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a params key, e.g. --set decode.fps=25 (repeatable)")]
+MetricsOpt = Annotated[Path, typer.Option("--metrics", help="folder for the stage report metrics/<stage>.json")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)], force=True)
+    for noisy in ("numba", "matplotlib", "PIL", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _params(path: Path, overrides: Optional[list[str]]):
+    from esva.config import load_params
+
+    return load_params(path, tuple(overrides or ()))
+
+
+def friendly(fn):
+    """Known failures print one clear line (no traceback) and exit 2; ESVA_DEBUG=1 shows tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from esva.config import ConfigError
+        from esva.data.adapters import AdapterError
+        from esva.media.faces import FaceBackendError
+        from esva.store import StoreError
+        from pipeline.common import StageFailed
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, AdapterError, StoreError, StageFailed, FaceBackendError, FileNotFoundError, ValueError) as exc:
+            import os
+
+            if os.environ.get("ESVA_DEBUG"):
+                raise
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.callback(invoke_without_command=True)
+def main(ctx: typer.Context,
+         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+         version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False) -> None:
+    _setup_logging(verbose)
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
+
+
+@app.command()
+@friendly
+def synth(out: Annotated[Path, typer.Option(help="output folder for videos/, labels.csv, ground_truth.csv")] = Path("data/raw/synthetic"),
+          params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
+    """Generate the embedded synthetic corpus (params section `synth`)."""
+    from pipeline.stages import synth as stage
+
+    stage.run(_params(params, set_).synth, out, metrics)
+
+
+@app.command()
+@friendly
+def ingest(dataset: Annotated[Optional[str], typer.Option(help="adapter: synthetic, folder, mer2023, mer2024, merr, emer; default: every entry of data.sources")] = None,
+           root: Annotated[Optional[Path], typer.Option(help="dataset root folder (with --dataset)")] = None,
+           out: Annotated[Path, typer.Option(help="manifest to write")] = Path("data/manifest.parquet"),
+           params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
+    """Read datasets with their adapters and write the manifest (params `data.sources`, `ingest`)."""
+    from esva.config import ADAPTERS, ConfigError, Source
+    from pipeline.stages import ingest as stage
+
+    p = _params(params, set_)
+    sources = p.data.sources
+    if dataset or root:
+        if not (dataset and root):
+            raise ConfigError("--dataset and --root go together")
+        if dataset not in ADAPTERS:
+            raise ConfigError(f"--dataset must be one of {list(ADAPTERS)}, got {dataset!r}")
+        sources = (Source(name=dataset, adapter=dataset, root=str(root)),)
+    stage.run(p.ingest, sources, out, metrics)
+
+
+@app.command()
+@friendly
+def decode(manifest: Annotated[Path, typer.Option(help="manifest from `esva ingest`")] = Path("data/manifest.parquet"),
+           out: Annotated[Path, typer.Option(help="Zarr store of decoded audio and frames")] = Path("data/interim/decoded.zarr"),
+           params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
+    """Decode every clip to 16 kHz mono audio and RGB frames (params section `decode`); resumable."""
+    from pipeline.stages import decode as stage
+
+    stage.run(_params(params, set_).decode, manifest, out, metrics)
+
+
+@app.command()
+@friendly
+def crop(decoded: Annotated[Path, typer.Option(help="store from `esva decode`")] = Path("data/interim/decoded.zarr"),
+         out: Annotated[Path, typer.Option(help="Zarr store of aligned face crops")] = Path("data/interim/faces.zarr"),
+         params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
+    """Detect, align and crop faces from the decoded frames (params section `crop`); resumable."""
+    from pipeline.stages import crop as stage
+
+    stage.run(_params(params, set_).crop, decoded, out, metrics)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

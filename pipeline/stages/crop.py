@@ -1,0 +1,102 @@
+"""`esva crop`: decoded.zarr -> data/interim/faces.zarr (aligned face crops, boxes, detection flags)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from esva import __version__
+from esva.config import CropConfig, config_hash
+from esva.media.faces import crop_frames, fill_missing, make_detector
+from esva.store import FieldSpec, RaggedWriter
+from esva.store import open as open_store
+from pipeline.common import Rate, StageReport, log, ordered_map, progress
+
+OUTPUT_KEYS = ("size", "margin", "smooth", "min_face_ratio", "skip_if_no_face")
+
+
+class NoFace(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def run(cfg: CropConfig, decoded: Path, out: Path, metrics_dir: Path | None = Path("metrics")) -> StageReport:
+    src = open_store(decoded)
+    corpus = src.attrs.get("corpus", "unknown")
+    report = StageReport("crop", corpus=corpus, clips_in=len(src))
+    probe_det = make_detector(cfg.backend, cfg.device)  # fails early, before any clip, if unusable
+    backend = probe_det.name
+    fields = {
+        "faces": FieldSpec("uint8", inner=(cfg.size, cfg.size, 3), chunk_rows=32, shard_chunks=16),
+        "boxes": FieldSpec("float32", inner=(4,), chunk_rows=1 << 14, shard_chunks=8),
+        "detected": FieldSpec("uint8", inner=(), chunk_rows=1 << 16, shard_chunks=8),
+    }
+    fp = config_hash({k: getattr(cfg, k) for k in OUTPUT_KEYS}, backend, src.attrs.get("fingerprint"))
+    attrs = {"stage": "crop", "corpus": corpus, "backend": backend, "size": cfg.size, "margin": cfg.margin,
+             "fps": src.attrs.get("fps"), "layout": "NHWC RGB", "params": cfg.model_dump(mode="json"),
+             "params_hash": config_hash(cfg), "code_version": __version__, "decoded": str(decoded),
+             "no_face_policy": "nearest earlier box, else nearest later box, else centre crop"}
+    local = threading.local()
+    workers = 1 if backend == "face_alignment" else cfg.workers
+
+    def detector():
+        if not hasattr(local, "det"):
+            local.det = probe_det if threading.current_thread() is threading.main_thread() else make_detector(backend, cfg.device)
+        return local.det
+
+    def one(cid: str):
+        frames = src.read(cid, ["frames"])["frames"]
+        if len(frames) == 0:
+            raise NoFace("no_frames", "the decoded clip has no frames")
+        dets = detector().detect(frames)
+        n_det = sum(d is not None for d in dets)
+        ratio = n_det / len(frames)
+        if n_det == 0 and cfg.skip_if_no_face:
+            raise NoFace("no_face", f"no face detected in any of {len(frames)} frames")
+        if ratio < cfg.min_face_ratio:
+            raise NoFace("few_faces", f"face in {ratio:.1%} of frames < crop.min_face_ratio={cfg.min_face_ratio}")
+        filled, n_missing = fill_missing(dets)
+        crops, boxes = crop_frames(frames, filled, cfg.size, cfg.margin, cfg.smooth)
+        detected = np.array([d is not None for d in dets], np.uint8)
+        return crops, boxes, detected, {"n_frames": len(frames), "detected": n_det, "filled": n_missing,
+                                        "centre_crop": n_det == 0, "fps": src.meta(cid).get("fps")}
+
+    with RaggedWriter(out, fields, attrs, fp) as writer:
+        done = writer.done_ids()
+        ids = src.ids()
+        report.resumed = len(done & set(ids))
+        todo = [c for c in ids if c not in done]
+        rate = Rate()
+        with progress("crop") as bar:
+            task = bar.add_task("crop", total=len(ids), completed=report.resumed, rate="0.00")
+            for cid, res in ordered_map(one, todo, workers):
+                path = str(src.meta(cid).get("video_path", cid))
+                if isinstance(res, NoFace):
+                    report.skip(cid, path, res.reason, res.detail)
+                elif isinstance(res, BaseException):
+                    report.skip(cid, path, "crop_error", f"{res.__class__.__name__}: {res}")
+                else:
+                    crops, boxes, detected, meta = res
+                    writer.add(cid, {"faces": crops, "boxes": boxes, "detected": detected}, meta)
+                    report.done += 1
+                bar.update(task, advance=1, rate=rate.tick())
+        report.done += report.resumed
+        writer.update_attrs(skipped={s["clip_id"]: s["reason"] for s in report.skips})
+    store = open_store(out)
+    metas = [store.meta(c) for c in store.ids()]
+    frames = sum(m["n_frames"] for m in metas)
+    det = sum(m["detected"] for m in metas)
+    report.extra.update({
+        "backend": backend, "frames": frames, "frames_with_face": det,
+        "face_detection_rate": round(det / frames, 4) if frames else 0.0,
+        "frames_filled_from_neighbours": sum(m["filled"] for m in metas) - sum(m["n_frames"] for m in metas if m["centre_crop"]),
+        "clips_centre_cropped": sum(bool(m["centre_crop"]) for m in metas),
+    })
+    log.info("crop: face detection rate %.3f over %d frames (%s)", report.extra["face_detection_rate"], frames, backend)
+    if metrics_dir is not None:
+        report.write(metrics_dir)
+    report.check(cfg.max_skip_ratio)
+    return report

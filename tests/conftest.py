@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny media files built with ffmpeg at test time, tiny synthetic corpora."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def ffmpeg(*args: str) -> None:
+    from esva.media.ffmpeg import ffmpeg_binary
+
+    subprocess.run([ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_synth_cfg():
+    from esva.config import SynthConfig
+
+    return SynthConfig(n_clips=6, workers=1, min_seconds=1.0, max_seconds=1.6, width=160, height=128)
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory, tiny_synth_cfg):
+    """Six synthetic clips (one per label), generated once per session."""
+    from pipeline.stages import synth
+
+    out = tmp_path_factory.mktemp("synth")
+    synth.run(tiny_synth_cfg, out / "raw", out / "metrics")
+    return out / "raw"
