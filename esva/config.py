@@ -123,6 +123,70 @@ class CropConfig(Strict):
     max_skip_ratio: float = Field(0.1, ge=0.0, le=1.0)
 
 
+class EncoderConfig(Strict):
+    """What every frozen encoder shares (`features.<encoder>`)."""
+
+    checkpoint: str = "tiny"  # tiny (random weights, real architecture) | a local directory | a hub id
+    revision: str | None = None  # hub revision (commit or tag) when checkpoint is a hub id
+    layers: str | tuple[int, ...] = "last"  # last | last4sum | [hidden-state indices]
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the hardware runs it natively
+    device: str = "cpu"
+    batch_budget: int = Field(64, ge=1)  # padded input units per batch (see each encoder)
+    short_policy: Literal["pad", "skip"] = "pad"  # input shorter than the encoder's minimum
+    trust_remote_code: bool = False
+    seed: int = 0  # random init of the tiny preset
+    max_skip_ratio: float = Field(0.1, ge=0.0, le=1.0)
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return tuple(v)
+        if isinstance(v, str) and v not in ("last", "last4sum"):
+            raise ValueError(f"layers must be 'last', 'last4sum' or a list of ints, got {v!r}")
+        return v
+
+
+class HubertFeatures(EncoderConfig):
+    batch_budget: int = Field(960000, ge=16000)  # audio samples per padded batch (60 s at 16 kHz)
+
+
+class MaeFeatures(EncoderConfig):
+    batch_budget: int = Field(64, ge=1)  # face frames per batch
+    frame_stride: int = Field(1, ge=1)  # use every n-th face frame
+    pool: Literal["mean", "cls"] = "mean"  # frame vector: mean of patch tokens or the CLS token
+
+
+class VideoMaeFeatures(EncoderConfig):
+    batch_budget: int = Field(8, ge=1)  # 16-frame windows per batch
+    window_stride: int = Field(16, ge=1)  # frames between window starts
+
+
+class EvaFeatures(EncoderConfig):
+    batch_budget: int = Field(16, ge=1)  # images per batch
+    frame: Literal["first", "middle", "peak"] = "peak"  # peak: the frame farthest from the clip's median face
+    image_size: int | None = None  # None: the checkpoint's own resolution
+
+
+class TextFeatures(EncoderConfig):
+    checkpoint: str = "minilm"  # minilm: the bundled real all-MiniLM-L6-v2 (sha256-checked) | tiny | dir | hub id
+    batch_budget: int = Field(4096, ge=16)  # padded tokens per batch
+    max_tokens: int = Field(128, ge=8)
+
+
+ENCODERS = ("hubert", "mae", "videomae", "eva", "text")
+
+
+class FeaturesConfig(Strict):
+    """Frozen-encoder features (`esva extract ENCODER`): one sub-section per encoder."""
+
+    hubert: HubertFeatures = HubertFeatures()
+    mae: MaeFeatures = MaeFeatures()
+    videomae: VideoMaeFeatures = VideoMaeFeatures()
+    eva: EvaFeatures = EvaFeatures()
+    text: TextFeatures = TextFeatures()
+
+
 class Params(Strict):
     """The whole params.yaml. Sections for later stages are added by their issues."""
 
@@ -131,6 +195,7 @@ class Params(Strict):
     ingest: IngestConfig = IngestConfig()
     decode: DecodeConfig = DecodeConfig()
     crop: CropConfig = CropConfig()
+    features: FeaturesConfig = FeaturesConfig()
 
 
 def _parse_value(raw: str) -> Any:

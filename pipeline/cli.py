@@ -46,13 +46,16 @@ def friendly(fn):
     def wrapper(*args, **kwargs):
         from esva.config import ConfigError
         from esva.data.adapters import AdapterError
+        from esva.encoders.base import CheckpointError
+        from esva.encoders.engine import FeatureError
         from esva.media.faces import FaceBackendError
         from esva.store import StoreError
         from pipeline.common import StageFailed
 
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, AdapterError, StoreError, StageFailed, FaceBackendError, FileNotFoundError, ValueError) as exc:
+        except (ConfigError, AdapterError, StoreError, StageFailed, FaceBackendError, FileNotFoundError, ValueError,
+                CheckpointError, FeatureError) as exc:
             import os
 
             if os.environ.get("ESVA_DEBUG"):
@@ -127,6 +130,26 @@ def crop(decoded: Annotated[Path, typer.Option(help="store from `esva decode`")]
     from pipeline.stages import crop as stage
 
     stage.run(_params(params, set_).crop, decoded, out, metrics)
+
+
+@app.command()
+@friendly
+def extract(encoder: Annotated[str, typer.Argument(help="hubert, mae, videomae, eva or text")],
+            out: Annotated[Optional[Path], typer.Option(help="feature store [default: data/features/ENCODER.zarr]")] = None,
+            decoded: Annotated[Path, typer.Option(help="decoded store (audio encoders)")] = Path("data/interim/decoded.zarr"),
+            faces: Annotated[Path, typer.Option(help="face store (vision encoders)")] = Path("data/interim/faces.zarr"),
+            manifest: Annotated[Path, typer.Option(help="manifest (text encoder)")] = Path("data/manifest.parquet"),
+            models: Annotated[Path, typer.Option(help="folder for tiny checkpoints and weight provenance")] = Path("data/models/encoders"),
+            params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
+    """Frozen-encoder features, frame-level and utterance-level, into a Zarr store (params `features.ENCODER`); resumable."""
+    from esva.config import ENCODERS, ConfigError
+    from pipeline.stages import extract as stage
+
+    if encoder not in ENCODERS:
+        raise ConfigError(f"ENCODER must be one of {list(ENCODERS)}, got {encoder!r}")
+    p = _params(params, set_)
+    stage.run(encoder, getattr(p.features, encoder), out or Path(f"data/features/{encoder}.zarr"), decoded=decoded,
+              faces=faces, manifest=manifest, models_dir=models, metrics_dir=metrics)
 
 
 if __name__ == "__main__":  # pragma: no cover

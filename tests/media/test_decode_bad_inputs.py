@@ -135,3 +135,18 @@ def test_allow_missing_audio_when_configured(bad_folder, tmp_path):
     decode.run(DecodeConfig(require_audio=False), tmp_path / "one.parquet", tmp_path / "d.zarr", None)
     store = open_store(tmp_path / "d.zarr")
     assert len(store.read("noaudio")["audio"]) == 0 and store.meta("noaudio")["has_audio"] is False
+
+
+def test_clips_without_any_face_are_skipped_or_centre_cropped(decoded, tmp_path):
+    from esva.config import CropConfig
+    from pipeline.stages import crop
+
+    _, store, out = decoded
+    rep = crop.run(CropConfig(size=32, max_skip_ratio=1.0), out / "decoded.zarr", tmp_path / "f.zarr", None)
+    assert {s["reason"] for s in rep.skips} == {"no_face"} and rep.done == 0  # test patterns hold no face
+    assert all("no face detected in any of" in s["detail"] for s in rep.skips)
+    rep = crop.run(CropConfig(size=32, skip_if_no_face=False), out / "decoded.zarr", tmp_path / "g.zarr", None)
+    assert rep.done == len(store.ids()) and rep.extra["clips_centre_cropped"] == rep.done
+    faces = open_store(tmp_path / "g.zarr")
+    assert faces.read("odd_rotated")["faces"].shape[1:] == (32, 32, 3)
+    assert faces.read("good")["detected"].sum() == 0

@@ -1,0 +1,115 @@
+"""EVA ViT-g (the vision tower of BLIP-2, `Blip2VisionModel`) on one face frame per clip.
+
+Emotion-LLaMA encodes the peak frame with EVA; esva picks `features.eva.frame`: first, middle, or
+peak (the frame farthest, in mean absolute pixel difference, from the clip's median face, as an
+offline stand-in for the AU-intensity peak). Output: the post-layernorm CLS vector (T = 1). Paper
+preset: Salesforce/blip2-opt-2.7b's vision tower; a local directory holding either a vision-only
+checkpoint (model_type blip_2_vision_model) or a full BLIP-2 checkpoint (model_type blip-2, whose
+`vision_model.*` weights are read from its safetensors) both work.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from transformers import Blip2VisionConfig, Blip2VisionModel
+
+from esva.encoders.base import (Batch, CheckpointError, autocast, freeze, layer_names, preprocessor, resolve_dtype,
+                                select_layers, to_float_image)
+
+NAME = "eva"
+MODEL_TYPES = ("blip_2_vision_model", "blip-2")
+PAPER_CHECKPOINT = "Salesforce/blip2-opt-2.7b"
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def tiny_config() -> Blip2VisionConfig:
+    return Blip2VisionConfig(image_size=56, patch_size=14, hidden_size=64, num_hidden_layers=4,
+                             num_attention_heads=4, intermediate_size=128)
+
+
+def save_tiny(path: Path, seed: int) -> None:
+    torch.manual_seed(seed)
+    Blip2VisionModel(tiny_config()).save_pretrained(path, safe_serialization=True)
+    with (path / "preprocessor_config.json").open("w", encoding="utf-8") as fh:
+        json.dump({"image_processor_type": "BlipImageProcessor", "image_mean": list(CLIP_MEAN),
+                   "image_std": list(CLIP_STD), "size": {"height": 56, "width": 56}}, fh)
+
+
+def _load(source: str | Path, cfg, revision: str | None) -> Blip2VisionModel:
+    src = Path(str(source))
+    cfg_file = src / "config.json"
+    if src.is_dir() and cfg_file.exists():
+        with cfg_file.open("r", encoding="utf-8") as fh:
+            full = json.load(fh)
+        if full.get("model_type") == "blip-2":  # a whole BLIP-2: take its vision tower only
+            model = Blip2VisionModel(Blip2VisionConfig(**full["vision_config"]))
+            state = {}
+            for f in sorted(src.glob("*.safetensors")):
+                with safe_open(str(f), framework="pt") as st:
+                    for k in st.keys():
+                        if k.startswith("vision_model."):
+                            state[k[len("vision_model."):]] = st.get_tensor(k)
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if missing:
+                raise CheckpointError(f"BLIP-2 checkpoint {src} lacks vision weights: {missing[:5]} ...")
+            return model
+    return Blip2VisionModel.from_pretrained(str(source), revision=revision, use_safetensors=True,
+                                            trust_remote_code=cfg.trust_remote_code)
+
+
+def pick_frame(frames: np.ndarray, how: str) -> int:
+    n = len(frames)
+    if how == "first" or n == 1:
+        return 0
+    if how == "middle":
+        return n // 2
+    small = frames[:, ::8, ::8].astype(np.float32).mean(-1)  # cheap grey thumbnails
+    med = np.median(small, axis=0)
+    return int(np.argmax(np.abs(small - med).mean(axis=(1, 2))))
+
+
+class EvaEncoder:
+    modality = "faces"
+    name = NAME
+    min_length = 1
+    frame_rate = None  # one vector per clip
+
+    def __init__(self, source: str | Path, cfg, revision: str | None = None) -> None:
+        self.model = freeze(_load(source, cfg, revision))
+        self.device = cfg.device
+        self.model.to(self.device)
+        self.dtype = resolve_dtype(cfg.dtype, cfg.device)
+        c = self.model.config
+        pre = preprocessor(Path(str(source))) if Path(str(source)).is_dir() else {}
+        self.mean = pre.get("image_mean", CLIP_MEAN)
+        self.std = pre.get("image_std", CLIP_STD)
+        self.size = cfg.image_size or c.image_size
+        self.interpolate = self.size != c.image_size
+        self.dim = c.hidden_size
+        self.how = cfg.frame
+        self.layers = layer_names(cfg.layers)
+
+    def cost(self, n: int) -> int:
+        return 1
+
+    def collate(self, clip_ids: list[str], items: list[np.ndarray]) -> Batch:
+        idx = [pick_frame(np.asarray(f), self.how) for f in items]
+        px = to_float_image(np.stack([np.asarray(f)[i] for f, i in zip(items, idx)]), self.size, self.mean, self.std)
+        return Batch(clip_ids, {"pixel_values": px}, torch.ones(len(items), dtype=torch.long), {"frame_index": idx})
+
+    @torch.inference_mode()
+    def encode(self, batch: Batch) -> dict[str, torch.Tensor]:
+        px = batch.inputs["pixel_values"].to(self.device)
+        with autocast(self.device, self.dtype):
+            out = self.model(px, output_hidden_states=True, interpolate_pos_encoding=self.interpolate)
+        hs = [h[:, :1] for h in out.hidden_states]
+        hs[-1] = out.pooler_output[:, None]  # post-layernorm CLS
+        return {k: v.float() for k, v in select_layers(hs, self.layers).items()}
+
+    def output_lengths(self, batch: Batch) -> torch.Tensor:
+        return batch.lengths.clone()

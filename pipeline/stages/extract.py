@@ -1,0 +1,99 @@
+"""`esva extract ENCODER`: frozen-encoder features -> data/features/<encoder>.zarr."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from esva import __version__
+from esva.config import config_hash
+from esva.data.manifest import manifest_fingerprint, read_manifest
+from esva.encoders import REGISTRY, load_encoder
+from esva.encoders.engine import feature_fields, run_extraction
+from esva.store import RaggedWriter
+from esva.store import open as open_store
+from pipeline.common import Rate, StageReport, corpus_of, log, progress
+
+OUTPUT_EXCLUDE = ("batch_budget", "device", "dtype", "max_skip_ratio")  # knobs that do not change what is stored
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.zarr"),
+        faces: Path = Path("data/interim/faces.zarr"), manifest: Path = Path("data/manifest.parquet"),
+        models_dir: Path = Path("data/models/encoders"), metrics_dir: Path | None = Path("metrics")) -> StageReport:
+    _quiet_transformers()
+    if name not in REGISTRY:
+        raise ValueError(f"unknown encoder {name!r}; choose from {sorted(REGISTRY)}")
+    modality = REGISTRY[name].modality
+    # the input first (a missing store is a clear error), then the checkpoint, before any clip
+    if modality == "audio":
+        src = open_store(decoded)
+        corpus, in_fp = src.attrs.get("corpus", "unknown"), src.attrs.get("fingerprint")
+        lengths = {c: int(src.meta(c)["n_samples"]) for c in src.ids()}
+        rate_in = float(src.attrs["sample_rate"])
+        load = lambda c: src.read(c, ["audio"])["audio"]  # noqa: E731
+    elif modality == "faces":
+        src = open_store(faces)
+        corpus, in_fp = src.attrs.get("corpus", "unknown"), src.attrs.get("fingerprint")
+        lengths = {c: int(src.meta(c)["n_frames"]) for c in src.ids()}
+        rate_in = float(src.attrs.get("fps") or 25.0)
+        load = lambda c: src.read(c, ["faces"])["faces"]  # noqa: E731
+    else:
+        df = read_manifest(manifest)
+        corpus, in_fp = corpus_of(df["dataset"]), manifest_fingerprint(df) + config_hash(list(df["transcript"]))
+        texts = dict(zip(df["clip_id"], df["transcript"]))
+        lengths = {c: len(t or "") for c, t in texts.items()}
+        rate_in = None
+        load = texts.__getitem__
+    encoder, prov = load_encoder(name, cfg, models_dir)
+    encoder.budget = cfg.batch_budget
+    if name == "mae":
+        encoder.frame_rate = rate_in / cfg.frame_stride
+    elif name == "videomae":
+        encoder.frame_rate = rate_in / encoder.tubelet
+    prov_dir = Path(models_dir) / name  # where the weights came from, beside the tiny weights if any
+    prov_dir.mkdir(parents=True, exist_ok=True)
+    with (prov_dir / "source.json").open("w", encoding="utf-8") as fh:
+        json.dump({"encoder": name, **prov, "code_version": __version__}, fh, indent=2)
+    stage = f"extract_{name}"
+    report = StageReport(stage, corpus=corpus, clips_in=len(lengths))
+    keep = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in OUTPUT_EXCLUDE}
+    fp = config_hash(name, keep, str(encoder.dtype), prov["identity"], in_fp)
+    attrs = {
+        "stage": stage, "corpus": corpus, "encoder": name, "checkpoint": prov, "revision": cfg.revision,
+        "layers": list(encoder.layers), "dim": encoder.dim, "frame_rate": encoder.frame_rate,
+        "input_rate": rate_in, "dtype": "float16", "utterance": "mean over valid frames, float32",
+        "compute_dtype": str(encoder.dtype).replace("torch.", ""), "params": cfg.model_dump(mode="json"),
+        "params_hash": config_hash(cfg), "code_version": __version__,
+    }
+    with RaggedWriter(out, feature_fields(encoder.layers, encoder.dim), attrs, fp) as writer:
+        done_ids = writer.done_ids()
+        report.resumed = len(done_ids & set(lengths))
+        todo = {c: n for c, n in lengths.items() if c not in done_ids}
+        rate = Rate()
+        with progress(stage) as bar:
+            task = bar.add_task(stage, total=len(lengths), completed=report.resumed, rate="0.00")
+            done, skips = run_extraction(encoder, todo, load, writer, cfg.short_policy,
+                                         on_done=lambda k: bar.update(task, advance=k, rate=rate.tick()))
+        for s in skips:
+            report.skip(s.clip_id, s.clip_id, s.reason, s.detail)
+        report.done = done + report.resumed
+        writer.update_attrs(skipped={s.clip_id: s.reason for s in skips})
+    store = open_store(out)
+    report.extra.update({
+        "encoder": name, "checkpoint": prov["checkpoint"], "dim": encoder.dim, "layers": list(encoder.layers),
+        "compute_dtype": attrs["compute_dtype"], "frames": int(sum(store.meta(c)["frames"] for c in store.ids())),
+        "padded": sum("padded_from" in store.meta(c) for c in store.ids()),
+        "store_bytes": sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()),
+    })
+    if metrics_dir is not None:
+        report.write(metrics_dir)
+    log.info("%s: %d clips, %d skipped, %.1f MB", stage, report.done, len(report.skips), report.extra["store_bytes"] / 1e6)
+    report.check(cfg.max_skip_ratio)
+    return report
