@@ -23,7 +23,7 @@ def esva(*args: str, cwd: Path | None = None):
 def test_help_lists_every_stage():
     res = esva("--help")
     assert res.exit_code == 0
-    for cmd in ("synth", "ingest", "decode", "crop"):
+    for cmd in ("synth", "ingest", "decode", "crop", "extract"):
         assert cmd in res.output
         sub = esva(cmd, "--help")
         assert sub.exit_code == 0 and "--params" in sub.output and "--set" in sub.output
@@ -91,4 +91,25 @@ def test_bad_input_gives_one_clear_line_not_a_traceback(tmp_path):
                               str(tmp_path)])
     assert res.exit_code == 2 and "no MER2023 label file" in res.output
     res = runner.invoke(app, ["crop", "--params", str(ROOT / "params.yaml"), "--decoded", str(tmp_path / "x.zarr")])
+    assert res.exit_code == 2 and "store not found" in res.output
+
+
+@pytest.mark.parametrize("encoder", ["hubert", "mae", "videomae", "eva", "text"])
+def test_extract_through_the_cli(chain, encoder):
+    d, _ = chain
+    res = esva("extract", encoder, "--params", str(ROOT / "params.yaml"), "--out", str(d / f"{encoder}.zarr"),
+               "--decoded", str(d / "decoded.zarr"), "--faces", str(d / "faces.zarr"), "--manifest",
+               str(d / "manifest.parquet"), "--models", str(d / "models"), "--metrics", str(d / "m"))
+    assert res.exit_code == 0, res.output
+    rep = json.loads((d / "m" / f"extract_{encoder}.json").read_text())
+    assert rep["done"] == 6 and rep["corpus"] == "synthetic" and rep["encoder"] == encoder
+    store = open_store(d / f"{encoder}.zarr")
+    assert len(store.ids()) == 6 and store.attrs["checkpoint"]["checkpoint"] in ("tiny", "minilm")
+
+
+def test_extract_rejects_unknown_encoders_and_checkpoints(tmp_path):
+    res = runner.invoke(app, ["extract", "wav2vec", "--params", str(ROOT / "params.yaml")])
+    assert res.exit_code == 2 and "ENCODER must be one of" in res.output
+    res = runner.invoke(app, ["extract", "hubert", "--params", str(ROOT / "params.yaml"), "--decoded",
+                              str(tmp_path / "none.zarr")])
     assert res.exit_code == 2 and "store not found" in res.output

@@ -1,0 +1,28 @@
+"""The benchmarks run (tiny size) and their two paths agree; no wall-clock assertions here."""
+
+import json
+
+
+def test_extract_benchmark_smoke(tmp_path):
+    from benchmarks.extract import main
+
+    out = tmp_path / "bench.json"
+    res = main(["--size", "tiny", "--clips", "3", "--max-seconds", "3", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == res
+    assert res["clips"] == 3 and res["naive_seconds"] > 0 and res["engine_seconds"] > 0
+    assert res["min_frame_cosine_vs_naive_fp32"] >= 0.999  # the engine computes the same features
+    assert 0 < res["engine_fraction_of_matmul"] and res["gflop_total"] > 0
+
+
+def test_flop_count_matches_a_hand_count():
+    from transformers import HubertConfig
+
+    from benchmarks.extract import hubert_flops
+
+    c = HubertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                     conv_dim=(4,), conv_stride=(5,), conv_kernel=(10,), num_conv_pos_embeddings=4,
+                     num_conv_pos_embedding_groups=2)
+    # 100 samples -> (100 - 10) // 5 + 1 = 19 frames; conv 19*4*1*10 = 760 MACs; projection 19*4*8 = 608;
+    # pos conv 19*8*8*4/2 = 2432; layer 19*(4*64 + 2*8*16) + 2*19*19*8 = 19*512 + 5776 = 15504
+    assert hubert_flops(c, 100) == 2 * (760 + 608 + 2432 + 15504)
