@@ -47,16 +47,21 @@ def feature_fields(layers: Iterable[str], dim: int) -> dict[str, FieldSpec]:
     return fields
 
 
-def plan_batches(costs: dict[str, int], budget: int, single: bool = False) -> list[list[str]]:
+def plan_batches(costs: dict[str, int], budget: int, single: bool = False, max_padding: float = 0.1) -> list[list[str]]:
     """Length bucketing: clips sorted by cost (longest first), packed while the padded batch cost
-    (batch size x longest item) stays within the budget. A clip over budget gets a batch alone."""
+    (batch size x longest item) stays within the budget and no item is padded by more than
+    `max_padding` of the longest. A clip over budget gets a batch alone."""
     order = sorted(costs, key=lambda c: (-costs[c], c))
     batches: list[list[str]] = []
     cur: list[str] = []
     for cid in order:
-        if cur and (single or costs[cur[0]] * (len(cur) + 1) > budget):
-            batches.append(cur)
-            cur = []
+        if cur:
+            longest = costs[cur[0]]
+            full = longest * (len(cur) + 1) > budget
+            ragged = costs[cid] < (1.0 - max_padding) * longest
+            if single or full or ragged:
+                batches.append(cur)
+                cur = []
         cur.append(cid)
     if cur:
         batches.append(cur)
@@ -71,7 +76,7 @@ def _pad_to(item: Any, modality: str, n: int) -> Any:
 
 
 def run_extraction(encoder, lengths: dict[str, int], load: Callable[[str], Any], writer, short_policy: str,
-                   on_done: Callable[[int], None] | None = None) -> tuple[int, list[Skip]]:
+                   on_done: Callable[[int], None] | None = None, max_padding: float = 0.1) -> tuple[int, list[Skip]]:
     """Encode every clip in `lengths` (raw input length: samples, frames or characters), writing
     to `writer` (a RaggedWriter with feature_fields). Returns (clips written, skips)."""
     skips: list[Skip] = []
@@ -85,7 +90,7 @@ def run_extraction(encoder, lengths: dict[str, int], load: Callable[[str], Any],
             costs[cid] = encoder.cost(max(n, encoder.min_length))
     budget = getattr(encoder, "budget", None) or 1
     done = 0
-    for batch_ids in plan_batches(costs, budget, single=getattr(encoder, "single", False)):
+    for batch_ids in plan_batches(costs, budget, single=getattr(encoder, "single", False), max_padding=max_padding):
         items, metas = [], []
         for cid in batch_ids:
             item = load(cid)

@@ -14,13 +14,15 @@ from pipeline.stages import extract
 
 def test_length_bucketing_respects_the_budget():
     costs = {"a": 10, "b": 3, "c": 9, "d": 4, "e": 30}
-    batches = plan_batches(costs, budget=20)
+    batches = plan_batches(costs, budget=20, max_padding=1.0)
     assert batches[0] == ["e"]  # over budget: alone
     assert batches[1] == ["a", "c"]  # 2 x 10 <= 20
     assert batches[2] == ["d", "b"]
     for b in batches:
         assert len(b) == 1 or max(costs[c] for c in b) * len(b) <= 20
     assert all(len(b) == 1 for b in plan_batches(costs, budget=100, single=True))
+    # padding cap: 4 would pad 3 by 25% > 10%
+    assert plan_batches(costs, budget=100, max_padding=0.1) == [["e"], ["a", "c"], ["d"], ["b"]]
 
 
 @pytest.fixture(scope="module")
