@@ -103,8 +103,8 @@ def run_extraction(encoder, lengths: dict[str, int], load: Callable[[str], Any],
             items.append(item)
             metas.append(meta)
         batch = encoder.collate(batch_ids, items)
-        out = encoder.encode(batch)
-        out_len = encoder.output_lengths(batch)
+        out = {k: v.float().cpu() for k, v in encoder.encode(batch).items()}  # features leave the device here
+        out_len = encoder.output_lengths(batch).cpu()
         utt = {name: masked_mean(x, out_len) for name, x in out.items()}
         for i, cid in enumerate(batch_ids):
             t = int(out_len[i])
