@@ -178,13 +178,85 @@ ENCODERS = ("hubert", "mae", "videomae", "eva", "text")
 
 
 class FeaturesConfig(Strict):
-    """Frozen-encoder features (`esva extract ENCODER`): one sub-section per encoder."""
+    """Frozen-encoder features (`esva extract ENCODER`): one sub-section per encoder, plus `use`:
+    which encoders stage 1 trains on (the encoder ablation of Table 5 changes only `use`)."""
+
+    use: tuple[str, ...] = ENCODERS
+
+    @field_validator("use", mode="before")
+    @classmethod
+    def _use(cls, v: Any) -> Any:
+        v = tuple(v) if isinstance(v, list) else v
+        if isinstance(v, tuple):
+            bad = [x for x in v if x not in ENCODERS]
+            if bad:
+                raise ValueError(f"unknown encoders {bad}; choose from {list(ENCODERS)}")
+            if not v:
+                raise ValueError("features.use is empty")
+        return v
 
     hubert: HubertFeatures = HubertFeatures()
     mae: MaeFeatures = MaeFeatures()
     videomae: VideoMaeFeatures = VideoMaeFeatures()
     eva: EvaFeatures = EvaFeatures()
     text: TextFeatures = TextFeatures()
+
+
+class MsfeConfig(Strict):
+    """Multi-scale feature extraction on HuBERT frames (eq. 1)."""
+
+    enabled: bool = True
+    scales: int = Field(3, ge=1, le=8)  # kernels 3, 7, 15, ... frames at 50 Hz
+    kernels: tuple[int, ...] | None = None  # explicit odd kernel sizes; override scales
+    dilation: int = Field(1, ge=1)
+    hidden: int = Field(128, ge=4)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @field_validator("kernels", mode="before")
+    @classmethod
+    def _k(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+
+class ContrastConfig(Strict):
+    """Supervised contrastive loss on pooled MSFE embeddings (eq. 2)."""
+
+    tau: float = Field(0.1, gt=0)
+    gamma: float = Field(0.1, ge=0)  # its weight in the total loss
+
+
+class AlignConfig(Strict):
+    """Local-global audio-video alignment (eq. 4-6, 8, 9)."""
+
+    enabled: bool = True
+    video: Literal["mae", "videomae"] = "mae"  # the frame-level video features aligned with the audio
+    rate: float = Field(25.0, gt=0)  # the common frame rate
+    dim: int = Field(64, ge=4)  # the shared space
+    max_shift: int = Field(8, ge=1)  # K, in frames at align.rate
+    window: int = Field(8, ge=1)  # the local window, in frames
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(1.0, ge=0)
+    temperature: float = Field(0.05, gt=0)  # soft-argmin
+    contrast_tau: float = Field(0.1, gt=0)  # cross-clip contrastive term
+    contrast_weight: float = Field(1.0, ge=0)
+
+
+class TrainConfig(Strict):
+    """Stage 1 training on cached features (eq. 7)."""
+
+    seed: int = 0
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    patience: int = Field(10, ge=1)  # epochs without a better validation weighted F1
+    lam: float = Field(1.0, ge=0)  # lambda of eq. 7
+    hidden: int = Field(128, ge=4)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    aux_weight: float = Field(0.3, ge=0)  # audio-only and video-only heads (per-modality evidence)
+    grad_clip: float = Field(1.0, gt=0)
+    device: str = "cpu"
+    max_skip_ratio: float = Field(0.1, ge=0.0, le=1.0)
 
 
 class Params(Strict):
@@ -196,6 +268,10 @@ class Params(Strict):
     decode: DecodeConfig = DecodeConfig()
     crop: CropConfig = CropConfig()
     features: FeaturesConfig = FeaturesConfig()
+    msfe: MsfeConfig = MsfeConfig()
+    contrast: ContrastConfig = ContrastConfig()
+    align: AlignConfig = AlignConfig()
+    train: TrainConfig = TrainConfig()
 
 
 def _parse_value(raw: str) -> Any:
@@ -223,7 +299,9 @@ def apply_overrides(tree: dict, overrides: list[str] | tuple[str, ...]) -> dict:
             if i == len(parts) - 1:
                 node[part] = _parse_value(raw)
             else:
-                node = node.setdefault(part, {})
+                if not isinstance(node.get(part), dict):
+                    node[part] = {}
+                node = node[part]
                 ref = ref[part]
     return tree
 
@@ -246,8 +324,11 @@ def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | 
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"params file not found: {p}")
-        with p.open("r", encoding="utf-8") as fh:
-            loaded = yaml.safe_load(fh) or {}
+        try:
+            with p.open("r", encoding="utf-8") as fh:
+                loaded = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping, got {type(loaded).__name__}")
         tree = loaded

@@ -64,3 +64,12 @@ def test_configs_are_frozen():
     p = load_params(None)
     with pytest.raises(Exception):
         p.decode.fps = 30  # type: ignore[misc]
+
+
+def test_yaml_errors_and_empty_sections(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("decode:\n  fps: [25\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(f)
+    f.write_text("decode:\n")
+    assert load_params(f, ["decode.fps=10"]).decode.fps == 10.0

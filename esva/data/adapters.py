@@ -54,23 +54,29 @@ def normalise_label(raw: object, labels: Iterable[str]) -> str | None:
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows as dicts; a row with more fields than the header is an error naming file and line."""
     try:
         with path.open("r", encoding="utf-8-sig", newline="") as fh:
-            return [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in csv.DictReader(fh)]
+            rows = []
+            for i, r in enumerate(csv.DictReader(fh), start=2):
+                if None in r:
+                    raise AdapterError(f"{path}:{i}: more fields than the header has (an unquoted comma?): {r[None]!r}")
+                rows.append({(k or "").strip(): (v or "").strip() for k, v in r.items()})
+            return rows
     except UnicodeDecodeError as exc:
         raise AdapterError(f"{path}: not UTF-8 text ({exc})") from None
+    except csv.Error as exc:
+        raise AdapterError(f"{path}: malformed CSV ({exc})") from None
 
 
 def _require(path: Path, columns: Iterable[str]) -> list[dict[str, str]]:
     if not path.exists():
         raise AdapterError(f"missing file: {path}")
-    rows = _read_csv(path)
-    with path.open("r", encoding="utf-8-sig", newline="") as fh:
-        header = [h.strip() for h in next(csv.reader(fh), [])]
+    header = _header(path)
     missing = [c for c in columns if c not in header]
     if missing:
         raise AdapterError(f"{path}: missing columns {missing} (has {header})")
-    return rows
+    return _read_csv(path)
 
 
 def index_videos(root: Path, exts: Iterable[str] = VIDEO_EXTS) -> dict[str, list[Path]]:
@@ -89,8 +95,7 @@ def transcripts(root: Path) -> dict[str, str]:
     """name -> transcript from any `name,english` or `name,sentence` CSV directly under root."""
     found: dict[str, str] = {}
     for path in sorted(root.glob("*.csv")):
-        with path.open("r", encoding="utf-8-sig", newline="") as fh:
-            header = [h.strip() for h in next(csv.reader(fh), [])]
+        header = _header(path)
         col = "english" if "english" in header else "sentence" if "sentence" in header else None
         if "name" not in header or col is None:
             continue
@@ -127,7 +132,7 @@ class _Builder:
         except KeyError as exc:
             self.result.problems.append(Problem(src, row_no, name, f"unknown label {exc.args[0]!r} (label set: {list(self.labels)})"))
             return
-        cands = [video] if video is not None else self.videos.get(Path(name).stem, [])
+        cands = [video] if video is not None else (self.videos.get(name) or self.videos.get(Path(name).stem, []))
         if prefer_dir:
             pref = [c for c in cands if c.parts and c.parts[0] == prefer_dir]
             cands = pref or cands
@@ -219,7 +224,7 @@ def mer2023(root: Path, dataset: str, labels: Iterable[str]) -> AdapterResult:
 def mer2024(root: Path, dataset: str, labels: Iterable[str]) -> AdapterResult:
     b = _Builder(dataset, root, labels)
     disc = root / "label-disdim.csv"
-    ov_files = [p for p in sorted(root.glob("*.csv")) if "openset" in _header(p)]
+    ov_files = [p for p in sorted(root.glob("*.csv")) if {"name", "openset"} <= set(_header(p))]
     if not disc.exists() and not ov_files:
         raise AdapterError(f"{root}: no MER2024 label file (expected label-disdim.csv or a name,openset CSV)")
     ov: dict[str, list[str]] = {}
@@ -240,8 +245,11 @@ def mer2024(root: Path, dataset: str, labels: Iterable[str]) -> AdapterResult:
 
 
 def _header(path: Path) -> list[str]:
-    with path.open("r", encoding="utf-8-sig", newline="") as fh:
-        return [h.strip() for h in next(csv.reader(fh), [])]
+    try:
+        with path.open("r", encoding="utf-8-sig", newline="") as fh:
+            return [h.strip() for h in next(csv.reader(fh), [])]
+    except UnicodeDecodeError as exc:
+        raise AdapterError(f"{path}: not UTF-8 text ({exc})") from None
 
 
 REASON_KEYS = ("smp_reason_caption", "reason_caption", "caption", "description", "reason")
@@ -276,17 +284,20 @@ def merr(root: Path, dataset: str, labels: Iterable[str]) -> AdapterResult:
                 if _caption(v):
                     captions[k] = _caption(v)
     for path in txts:
-        with path.open("r", encoding="utf-8") as fh:
-            for i, line in enumerate(fh, start=1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) < 3:
-                    b.result.n_in += 1
-                    b.result.problems.append(Problem(path.name, i, parts[0], f"expected `name frames label [valence]`, got {line.strip()!r}"))
-                    continue
-                val = parts[3] if len(parts) > 3 else None
-                b.add(path.name, i, parts[0], "train", parts[2], val, reason=captions.get(parts[0], ""))
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise AdapterError(f"{path}: not UTF-8 text ({exc})") from None
+        for i, line in enumerate(lines, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 3:
+                b.result.n_in += 1
+                b.result.problems.append(Problem(path.name, i, parts[0], f"expected `name frames label [valence]`, got {line.strip()!r}"))
+                continue
+            val = parts[3] if len(parts) > 3 else None
+            b.add(path.name, i, parts[0], "train", parts[2], val, reason=captions.get(parts[0], ""))
     return b.result
 
 

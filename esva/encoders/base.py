@@ -87,8 +87,9 @@ def select_layers(hidden_states: Sequence[torch.Tensor], names: Sequence[str]) -
 def masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """(B, T, D) and (B,) -> (B, D): the mean over the valid frames only (padding never leaks)."""
     t = torch.arange(x.shape[1], device=x.device)[None, :]
-    mask = (t < lengths[:, None]).to(x.dtype)[..., None]
-    return (x * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+    mask = (t < lengths.to(x.device)[:, None])[..., None]
+    total = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum(1)
+    return total / mask.sum(1).clamp_min(1).to(x.dtype)
 
 
 # --- dtype / autocast -----------------------------------------------------------------------------

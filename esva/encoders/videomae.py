@@ -59,6 +59,9 @@ class VideoMaeEncoder:
         self.tubelet = c.tubelet_size
         self.slots = c.num_frames // c.tubelet_size
         self.stride = cfg.window_stride
+        if self.stride > self.window:
+            raise ValueError(f"features.videomae.window_stride ({self.stride}) must be <= the checkpoint's num_frames "
+                             f"({self.window}); larger strides leave frames uncovered")
         if self.stride % self.tubelet:
             raise ValueError(f"features.videomae.window_stride ({self.stride}) must be a multiple of the "
                              f"checkpoint's tubelet_size ({self.tubelet})")

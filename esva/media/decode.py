@@ -28,13 +28,14 @@ def decode_clip(path: str, cfg) -> Decoded:
         raise MediaError(path, "no_audio_stream", f"streams: {info.streams or 'none'}")
     if info.duration is not None and info.duration < cfg.min_seconds:
         raise MediaError(path, "too_short", f"{info.duration:.3f}s < decode.min_seconds={cfg.min_seconds}")
-    limit = None
+    limit = cfg.max_seconds  # always bounded, also when the container gives no duration
     if info.duration is not None and info.duration > cfg.max_seconds:
-        limit = cfg.max_seconds
         notes.append(f"truncated from {info.duration:.1f}s to decode.max_seconds={cfg.max_seconds}")
     audio = np.zeros(0, np.float32)
     if info.audio is not None:
         audio = decode_audio(path, cfg.sample_rate, limit, cfg.timeout_s)
+        if len(audio) == 0 and cfg.require_audio:
+            raise MediaError(path, "decode_error", "the audio stream decoded to 0 samples")
     else:
         notes.append("no audio stream")
     frames = np.zeros((0, 2, 2, 3), np.uint8)

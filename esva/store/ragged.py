@@ -75,9 +75,11 @@ class RaggedWriter:
         self.flush_bytes = flush_bytes
         self.resumed = False
         self.rebuilt_reason: str | None = None
-        group = self._open_existing(fingerprint)
+        group = self._open_existing(fingerprint, attrs.get("stage"))
         if group is None:
             group = self._create(fields, attrs, fingerprint)
+        else:  # resumed: record this run's provenance (settings outside the fingerprint, code version)
+            group.attrs.update({k: v for k, v in attrs.items() if k not in ("index", "order", "lengths", "fields")})
         self.group = group
         a = dict(group.attrs)
         self.index: dict[str, dict] = dict(a.get("index", {}))
@@ -99,19 +101,27 @@ class RaggedWriter:
         self._uncommitted_bytes = 0
 
     # -- setup -----------------------------------------------------------------------------------
-    def _open_existing(self, fingerprint: str) -> zarr.Group | None:
+    def _open_existing(self, fingerprint: str, stage: str | None) -> zarr.Group | None:
         if not self.path.exists():
+            return None
+        if self.path.is_file() or (self.path.is_dir() and any(self.path.iterdir()) and not (self.path / "zarr.json").exists()):
+            raise StoreError(f"{self.path} exists and is not an esva store; refusing to overwrite it (choose another --out)")
+        if self.path.is_dir() and not any(self.path.iterdir()):
             return None
         try:
             group = zarr.open_group(str(self.path), mode="r+")
             a = dict(group.attrs)
-        except Exception as exc:  # unreadable or not a zarr group: rebuild
+        except Exception as exc:  # a damaged esva store (e.g. a crash while writing zarr.json): rebuild
             self.rebuilt_reason = f"unreadable store ({exc.__class__.__name__}: {exc})"
             log.warning("%s: %s, rebuilding", self.path, self.rebuilt_reason)
             return None
         if a.get("format") != FORMAT:
-            self.rebuilt_reason = f"not an esva store (format={a.get('format')!r})"
-        elif a.get("fingerprint") != fingerprint:
+            raise StoreError(f"{self.path} is a zarr group but not an esva store (format={a.get('format')!r}); "
+                             "refusing to overwrite it")
+        if stage and a.get("stage") and a.get("stage") != stage:
+            raise StoreError(f"{self.path} holds the output of stage {a.get('stage')!r}, not {stage!r}; "
+                             "refusing to overwrite it (choose another --out)")
+        if a.get("fingerprint") != fingerprint:
             self.rebuilt_reason = f"config or inputs changed (fingerprint {a.get('fingerprint')} -> {fingerprint})"
         elif {k: FieldSpec.from_json(v) for k, v in a.get("fields", {}).items()} != self.fields:
             self.rebuilt_reason = "field layout changed"
@@ -162,19 +172,17 @@ class RaggedWriter:
         if missing or extra:
             raise StoreError(f"{self.path}: clip {clip_id!r} fields mismatch, missing {sorted(missing)}, extra {sorted(extra)}")
         entry: dict[str, Any] = {"fields": {}, "meta": meta or {}}
-        for name, spec in self.fields.items():
+        prepared = {}
+        for name, spec in self.fields.items():  # validate every field before changing any state
             arr = np.asarray(arrays[name])
             if arr.dtype != np.dtype(spec.dtype):
                 arr = arr.astype(spec.dtype)
-            if spec.inner is None:
-                shape = list(arr.shape)
-                flat = np.ascontiguousarray(arr).reshape(-1)
-            else:
-                if tuple(arr.shape[1:]) != spec.inner:
-                    raise StoreError(f"{self.path}: clip {clip_id!r} field {name!r} has inner shape "
-                                     f"{tuple(arr.shape[1:])}, store expects {spec.inner}")
-                shape = list(arr.shape)
-                flat = np.ascontiguousarray(arr)
+            if spec.inner is not None and tuple(arr.shape[1:]) != spec.inner:
+                raise StoreError(f"{self.path}: clip {clip_id!r} field {name!r} has inner shape "
+                                 f"{tuple(arr.shape[1:])}, store expects {spec.inner}")
+            flat = np.ascontiguousarray(arr).reshape(-1) if spec.inner is None else np.ascontiguousarray(arr)
+            prepared[name] = (list(arr.shape), flat)
+        for name, (shape, flat) in prepared.items():
             start = self.rows[name]
             stop = start + flat.shape[0]
             self.pending[name].append(flat)

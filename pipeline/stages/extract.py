@@ -10,7 +10,8 @@ from esva.config import config_hash
 from esva.data.manifest import manifest_fingerprint, read_manifest
 from esva.encoders import REGISTRY, load_encoder
 from esva.encoders.engine import feature_fields, run_extraction
-from esva.store import RaggedWriter
+from esva.encoders.hubert import SAMPLE_RATE as hubert_rate
+from esva.store import RaggedWriter, StoreError
 from esva.store import open as open_store
 from pipeline.common import Rate, StageReport, corpus_of, log, progress
 
@@ -32,14 +33,23 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
         raise ValueError(f"unknown encoder {name!r}; choose from {sorted(REGISTRY)}")
     modality = REGISTRY[name].modality
     # the input first (a missing store is a clear error), then the checkpoint, before any clip
+    def source(path: Path, stage: str):
+        store = open_store(path)
+        if store.attrs.get("stage") != stage:
+            raise StoreError(f"{path} is not the output of `esva {stage}` (stage={store.attrs.get('stage')!r})")
+        return store
+
     if modality == "audio":
-        src = open_store(decoded)
+        src = source(decoded, "decode")
+        if int(src.attrs["sample_rate"]) != hubert_rate:
+            raise StoreError(f"{decoded} holds audio at {src.attrs['sample_rate']} Hz; HuBERT needs {hubert_rate} Hz "
+                             f"(set decode.sample_rate: {hubert_rate})")
         corpus, in_fp = src.attrs.get("corpus", "unknown"), src.attrs.get("fingerprint")
         lengths = {c: int(src.meta(c)["n_samples"]) for c in src.ids()}
         rate_in = float(src.attrs["sample_rate"])
         load = lambda c: src.read(c, ["audio"])["audio"]  # noqa: E731
     elif modality == "faces":
-        src = open_store(faces)
+        src = source(faces, "crop")
         corpus, in_fp = src.attrs.get("corpus", "unknown"), src.attrs.get("fingerprint")
         lengths = {c: int(src.meta(c)["n_frames"]) for c in src.ids()}
         rate_in = float(src.attrs.get("fps") or 25.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from esva import LABELS
@@ -22,8 +23,8 @@ def run(cfg: IngestConfig, sources: tuple[Source, ...], out: Path, metrics_dir: 
             report.skip(p.name, f"{src.root}/{p.source}" + (f":{p.row}" if p.row else ""), "invalid_row", p.reason)
         rows.extend(res.rows)
         log.info("ingest %s (%s): %d rows, %d problems", src.name, src.adapter, len(res.rows), len(res.problems))
-    ids = [r["clip_id"] for r in rows]
-    dups = sorted({i for i in ids if ids.count(i) > 1})
+    counts = Counter(r["clip_id"] for r in rows)
+    dups = sorted(i for i, n in counts.items() if n > 1)
     if dups:
         raise StageFailed(f"ingest: clip ids collide across sources: {dups[:10]} (rename a source)")
     if not rows:

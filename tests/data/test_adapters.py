@@ -119,3 +119,23 @@ def test_safe_id():
     a, b = safe_id("ça va"), safe_id("ca va")
     assert a != b and a.isascii() and b.isascii()
     assert safe_id("日本語") != safe_id("中文") and safe_id("日本語").startswith("clip-")
+
+
+def test_malformed_files_are_named(tmp_path):
+    root = tmp_path / "m"
+    root.mkdir()
+    (root / "train-label.csv").write_text("name,discrete,valence\na,happy,1.0\nb,sad,-1,extra, field\n")
+    with pytest.raises(AdapterError, match=r"train-label.csv:3: more fields than the header"):
+        run_adapter("mer2023", root)
+    (root / "train-label.csv").write_bytes("name,discrete\nä,happy\n".encode("latin-1"))
+    with pytest.raises(AdapterError, match="train-label.csv: not UTF-8"):
+        run_adapter("mer2023", root)
+
+
+def test_names_with_dots_find_their_video(tmp_path):
+    root = tmp_path / "f"
+    (root / "train").mkdir(parents=True)
+    (root / "train" / "clip.v2.mp4").write_bytes(b"")
+    (root / "train-label.csv").write_text("name,discrete,valence\nclip.v2,happy,1\n")
+    res = run_adapter("mer2023", root)
+    assert not res.problems and res.rows[0]["video_path"] == "train/clip.v2.mp4"

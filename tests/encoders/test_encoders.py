@@ -183,3 +183,8 @@ def test_minilm_hash_is_checked(monkeypatch, models):
     monkeypatch.setattr(text, "MINILM_SHA256", "0" * 64)
     with pytest.raises(CheckpointError, match="refusing to use it"):
         load_encoder("text", CFG["text"], models)
+
+
+def test_videomae_rejects_strides_that_leave_gaps(models):
+    with pytest.raises(ValueError, match="window_stride \\(32\\) must be <="):
+        _enc("videomae", models, window_stride=32)

@@ -120,3 +120,30 @@ def test_errors_name_the_store_and_clip(tmp_path):
     w.close()
     with pytest.raises(KeyError, match="'zz' is not in the store"):
         open_store(tmp_path / "s.zarr").read("zz")
+
+
+def test_never_overwrites_what_is_not_its_own_store(tmp_path):
+    user = tmp_path / "mydata"
+    user.mkdir()
+    (user / "important.txt").write_text("keep me")
+    with pytest.raises(StoreError, match="not an esva store; refusing"):
+        RaggedWriter(user, FIELDS, {}, "fp")
+    assert (user / "important.txt").read_text() == "keep me"
+    (tmp_path / "file.zarr").write_text("x")
+    with pytest.raises(StoreError, match="refusing"):
+        RaggedWriter(tmp_path / "file.zarr", FIELDS, {}, "fp")
+    RaggedWriter(tmp_path / "a.zarr", FIELDS, {"stage": "decode"}, "fp").close()
+    with pytest.raises(StoreError, match="output of stage 'decode', not 'crop'"):
+        RaggedWriter(tmp_path / "a.zarr", FIELDS, {"stage": "crop"}, "fp2")
+
+
+def test_a_rejected_clip_leaves_no_orphan_rows(tmp_path):
+    w = RaggedWriter(tmp_path / "s.zarr", FIELDS, {}, "fp")
+    with pytest.raises(StoreError, match="inner shape"):
+        w.add("bad", {"seq": np.zeros((4, 3), "float32"), "flat": np.zeros(3, "uint8")} | {"seq": np.zeros((4, 5), "float32")})
+    assert w.rows == {"seq": 0, "flat": 0}
+    w.add("ok", {"seq": np.ones((2, 3), "float32"), "flat": np.ones(3, "uint8")})
+    w.close()
+    r = open_store(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(r.read("ok")["seq"], np.ones((2, 3)))
+    assert r.attrs["lengths"] == {"seq": 2, "flat": 3}

@@ -1,0 +1,1 @@
+"""Trainable layers on cached features: one idea per file (MSFE, alignment, fusion)."""

@@ -1,0 +1,286 @@
+"""Stage 1: MSFE + alignment + fusion classifier trained jointly on cached features (eq. 7).
+
+The loop is written out: seeded shuffling, AdamW, gradient clipping, a NaN guard that stops with the
+step and the batch's clip ids, early stopping on the validation weighted F1, the best weights kept.
+It runs under accelerate, so the same code uses a GPU when one is configured.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score
+
+from esva import LABELS
+from esva.losses import supervised_contrastive, total_loss
+from esva.models.fusion import FRAME_LEVEL, FusionClassifier
+from esva.models.msfe import receptive_field
+from esva.store import open as open_store
+
+log = logging.getLogger(__name__)
+
+
+class TrainError(RuntimeError):
+    """A config or data problem found before training, or a NaN loss during it. Names the keys."""
+
+
+@dataclass
+class Clip:
+    clip_id: str
+    label: int
+    split: str
+    offset_ms: float | None
+    feats: dict[str, np.ndarray]
+
+
+@dataclass
+class FeatureData:
+    clips: list[Clip]
+    dims: dict[str, int]
+    rates: dict[str, float]
+    corpus: str
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def split(self, name: str) -> list[Clip]:
+        return [c for c in self.clips if c.split == name]
+
+
+def load_features(manifest: pd.DataFrame, stores: dict[str, Path], use: tuple[str, ...]) -> FeatureData:
+    """Every labelled clip present in all the used stores; frame-level fields for hubert/mae/videomae,
+    the utterance vector for eva and text."""
+    readers = {}
+    for name in use:
+        path = Path(stores[name])
+        if not path.exists():
+            raise TrainError(f"features.use lists {name!r} but its store {path} does not exist (run `esva extract {name}`)")
+        readers[name] = open_store(path)
+    dims = {n: int(r.attrs["dim"]) for n, r in readers.items()}
+    rates = {n: float(r.attrs.get("frame_rate") or 0.0) for n, r in readers.items()}
+    layer = {n: r.attrs["layers"][0] for n, r in readers.items()}
+    tables = {}
+    for n, r in readers.items():
+        field_name = layer[n] if n in FRAME_LEVEL else f"{layer[n]}_utt"
+        tables[n] = r.read_all(field_name)
+    clips, skipped = [], {}
+    lab_index = {lab: i for i, lab in enumerate(LABELS)}
+    has_offset = "offset_ms" in manifest.columns
+    for row in manifest.itertuples(index=False):
+        cid = row.clip_id
+        if row.label is None or (isinstance(row.label, float) and math.isnan(row.label)):
+            skipped[cid] = "no_label"
+            continue
+        missing = [n for n in use if cid not in tables[n]]
+        if missing:
+            skipped[cid] = f"no_features:{','.join(missing)}"
+            continue
+        feats = {}
+        for n in use:
+            x = tables[n][cid].astype(np.float32)
+            feats[n] = x if n in FRAME_LEVEL else x.reshape(-1)
+        off = float(row.offset_ms) if has_offset and row.offset_ms is not None and not pd.isna(row.offset_ms) else None
+        clips.append(Clip(cid, lab_index[row.label], str(row.split), off, feats))
+    corpus = ",".join(sorted(set(manifest["dataset"]))) if len(manifest) else "unknown"
+    return FeatureData(clips, dims, rates, "synthetic" if corpus == "synthetic" else corpus, skipped)
+
+
+def check_config(data: FeatureData, use, msfe_cfg, align_cfg) -> None:
+    """Sizes that do not fit together are errors naming both keys, before any step."""
+    train = data.split("train")
+    if not train:
+        raise TrainError("the training split is empty (no clip with split 'train' has features and a label)")
+    present = {c.label for c in train}
+    for i, lab in enumerate(LABELS):
+        if i not in present:
+            raise TrainError(f"class {lab!r} has no clip in the training split")
+    if "hubert" in use and msfe_cfg.enabled:
+        rf = receptive_field(msfe_cfg)
+        shortest = min(c.feats["hubert"].shape[0] for c in data.clips)
+        if rf > shortest:
+            raise TrainError(f"msfe.kernels/msfe.scales give a receptive field of {rf} frames (with msfe.dilation="
+                             f"{msfe_cfg.dilation}), longer than the shortest clip ({shortest} HuBERT frames)")
+    if align_cfg.enabled and "hubert" in use and align_cfg.video in use:
+        rate_v = data.rates[align_cfg.video]
+        shortest = min(min(c.feats["hubert"].shape[0] * align_cfg.rate / data.rates["hubert"],
+                           c.feats[align_cfg.video].shape[0] * align_cfg.rate / rate_v) for c in data.clips)
+        if 2 * align_cfg.max_shift + 1 > shortest:
+            raise TrainError(f"align.max_shift={align_cfg.max_shift} needs clips of at least {2 * align_cfg.max_shift + 1} "
+                             f"frames at align.rate={align_cfg.rate}, the shortest has {shortest:.0f}")
+        if align_cfg.window > shortest:
+            raise TrainError(f"align.window={align_cfg.window} frames is longer than the shortest clip "
+                             f"({shortest:.0f} frames at align.rate={align_cfg.rate})")
+
+
+def collate(clips: list[Clip], use: tuple[str, ...]) -> dict:
+    batch: dict = {"label": torch.tensor([c.label for c in clips]), "clip_ids": [c.clip_id for c in clips]}
+    for n in use:
+        arrs = [c.feats[n] for c in clips]
+        if n in FRAME_LEVEL:
+            lens = torch.tensor([len(a) for a in arrs])
+            x = torch.zeros(len(arrs), int(lens.max()), arrs[0].shape[-1])
+            for i, a in enumerate(arrs):
+                x[i, : len(a)] = torch.from_numpy(a)
+            batch[n], batch[f"{n}_len"] = x, lens
+        else:
+            batch[n] = torch.from_numpy(np.stack(arrs))
+    return batch
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def compute_losses(model: FusionClassifier, out: dict, batch: dict, cfgs) -> dict[str, torch.Tensor]:
+    msfe_cfg, contrast_cfg, align_cfg, train_cfg = cfgs
+    y = batch["label"]
+    l_emo = F.cross_entropy(out["logits"], y)
+    aux = [F.cross_entropy(out[k], y) for k in ("audio_logits", "video_logits") if k in out]
+    if aux:
+        l_emo = l_emo + train_cfg.aux_weight * sum(aux) / len(aux)
+    zero = out["logits"].sum() * 0.0
+    l_con = supervised_contrastive(out["z_audio"], y, contrast_cfg.tau) if "z_audio" in out else zero
+    if "align" in out:
+        al = out["align"]
+        l_align = model.aligner.expected_objective(al)
+        l_align = l_align + align_cfg.contrast_weight * model.aligner.cross_clip_contrastive(
+            al, al["ma"], al["mv"], align_cfg.contrast_tau)
+    else:
+        l_align = zero
+    total = total_loss(l_align, l_emo, l_con, train_cfg.lam, contrast_cfg.gamma)
+    return {"loss": total, "emo": l_emo, "align": l_align, "contrast": l_con}
+
+
+@torch.no_grad()
+def predict(model: FusionClassifier, clips: list[Clip], use, batch_size: int, device) -> dict:
+    model.eval()
+    probs, aprobs, vprobs, taus, ids = [], [], [], [], []
+    for i in range(0, len(clips), batch_size):
+        part = clips[i:i + batch_size]
+        out = model(_to(collate(part, use), device))
+        probs.append(out["logits"].softmax(-1).cpu())
+        if "audio_logits" in out:
+            aprobs.append(out["audio_logits"].softmax(-1).cpu())
+        if "video_logits" in out:
+            vprobs.append(out["video_logits"].softmax(-1).cpu())
+        if "align" in out:
+            taus.append(out["align"]["tau_star"].cpu())
+        ids += [c.clip_id for c in part]
+    res = {"clip_ids": ids, "probs": torch.cat(probs).numpy() if probs else np.zeros((0, len(LABELS)))}
+    if aprobs:
+        res["audio_probs"] = torch.cat(aprobs).numpy()
+    if vprobs:
+        res["video_probs"] = torch.cat(vprobs).numpy()
+    if taus:
+        res["tau_frames"] = torch.cat(taus).numpy()
+    return res
+
+
+def scores(clips: list[Clip], pred: dict) -> dict:
+    y = np.array([c.label for c in clips])
+    yhat = pred["probs"].argmax(-1)
+    return {"weighted_f1": float(f1_score(y, yhat, average="weighted", labels=range(len(LABELS)), zero_division=0)),
+            "macro_f1": float(f1_score(y, yhat, average="macro", labels=range(len(LABELS)), zero_division=0)),
+            "accuracy": float(accuracy_score(y, yhat)), "n": int(len(y))}
+
+
+def alignment_scores(clips: list[Clip], pred: dict, rate: float, fps: float) -> dict | None:
+    if "tau_frames" not in pred:
+        return None
+    truth = [(c.offset_ms, t) for c, t in zip(clips, pred["tau_frames"]) if c.offset_ms is not None]
+    if not truth:
+        return None
+    gt = np.array([g for g, _ in truth])
+    est = np.array([t for _, t in truth]) * 1000.0 / rate
+    err = np.abs(est - gt)
+    frame_ms = 1000.0 / fps
+    return {"n": int(len(err)), "mae_ms": float(err.mean()), "median_ae_ms": float(np.median(err)),
+            "within_one_frame": float((err <= frame_ms).mean()), "within_half_frame": float((err <= frame_ms / 2).mean()),
+            "frame_ms": frame_ms}
+
+
+@dataclass
+class TrainResult:
+    model: FusionClassifier
+    history: list[dict]
+    best_epoch: int
+    stopped_early: bool
+
+
+def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align_cfg, train_cfg,
+          on_epoch: Callable[[dict], None] | None = None, checkpoint: Callable[[FusionClassifier, int], None] | None = None
+          ) -> TrainResult:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    check_config(data, use, msfe_cfg, align_cfg)
+    set_seed(train_cfg.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    accel = Accelerator(cpu=train_cfg.device == "cpu")
+    model = FusionClassifier(data.dims, data.rates, use, len(LABELS), msfe_cfg, align_cfg, train_cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    model, opt = accel.prepare(model, opt)
+    cfgs = (msfe_cfg, contrast_cfg, align_cfg, train_cfg)
+    tr, va = data.split("train"), data.split("val") or data.split("train")
+    gen = torch.Generator().manual_seed(train_cfg.seed)
+    best, best_state, best_epoch, bad, history, step = -1.0, None, 0, 0, [], 0
+    stopped = False
+    for epoch in range(1, train_cfg.epochs + 1):
+        model.train()
+        order = torch.randperm(len(tr), generator=gen).tolist()
+        sums: dict[str, float] = {}
+        n_batches = 0
+        for i in range(0, len(order), train_cfg.batch_size):
+            part = [tr[j] for j in order[i:i + train_cfg.batch_size]]
+            if len(part) < 2:
+                continue
+            batch = _to(collate(part, use), accel.device)
+            out = model(batch)
+            losses = compute_losses(accel.unwrap_model(model), out, batch, cfgs)
+            if not torch.isfinite(losses["loss"]):
+                raise TrainError(f"non-finite loss at epoch {epoch}, step {step} "
+                                 f"({ {k: float(v) for k, v in losses.items()} }); batch clips: {batch['clip_ids']}. "
+                                 f"The last good checkpoint (epoch {best_epoch}) is kept")
+            opt.zero_grad()
+            accel.backward(losses["loss"])
+            accel.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+            opt.step()
+            step += 1
+            n_batches += 1
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        pred = predict(accel.unwrap_model(model), va, use, train_cfg.batch_size, accel.device)
+        val = scores(va, pred)
+        with torch.no_grad():
+            model.eval()
+            vl = [compute_losses(accel.unwrap_model(model), model(_to(collate(va[i:i + train_cfg.batch_size], use),
+                                                                      accel.device)),
+                                 _to(collate(va[i:i + train_cfg.batch_size], use), accel.device), cfgs)["loss"].item()
+                  for i in range(0, len(va), train_cfg.batch_size) if len(va[i:i + train_cfg.batch_size]) >= 2]
+        rec = {"epoch": epoch, **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()},
+               "val_loss": float(np.mean(vl)) if vl else float("nan"), "val_weighted_f1": val["weighted_f1"],
+               "val_accuracy": val["accuracy"]}
+        history.append(rec)
+        if on_epoch:
+            on_epoch(rec)
+        if val["weighted_f1"] > best + 1e-9:
+            best, best_epoch, bad = val["weighted_f1"], epoch, 0
+            best_state = copy.deepcopy(accel.unwrap_model(model).state_dict())
+            if checkpoint:
+                checkpoint(accel.unwrap_model(model), epoch)
+        else:
+            bad += 1
+            if bad >= train_cfg.patience:
+                stopped = True
+                break
+    final = accel.unwrap_model(model)
+    if best_state is not None:
+        final.load_state_dict(best_state)
+    return TrainResult(final, history, best_epoch, stopped)
