@@ -209,7 +209,7 @@ class MsfeConfig(Strict):
     scales: int = Field(3, ge=1, le=8)  # kernels 3, 7, 15, ... frames at 50 Hz
     kernels: tuple[int, ...] | None = None  # explicit odd kernel sizes; override scales
     dilation: int = Field(1, ge=1)
-    hidden: int = Field(128, ge=4)
+    hidden: int = Field(64, ge=4)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
     @field_validator("kernels", mode="before")

@@ -49,13 +49,14 @@ def friendly(fn):
         from esva.encoders.base import CheckpointError
         from esva.encoders.engine import FeatureError
         from esva.media.faces import FaceBackendError
+        from esva.train.stage1 import TrainError
         from esva.store import StoreError
         from pipeline.common import StageFailed
 
         try:
             return fn(*args, **kwargs)
         except (ConfigError, AdapterError, StoreError, StageFailed, FaceBackendError, FileNotFoundError, ValueError,
-                CheckpointError, FeatureError) as exc:
+                CheckpointError, FeatureError, TrainError) as exc:
             import os
 
             if os.environ.get("ESVA_DEBUG"):
@@ -150,6 +151,33 @@ def extract(encoder: Annotated[str, typer.Argument(help="hubert, mae, videomae, 
     p = _params(params, set_)
     stage.run(encoder, getattr(p.features, encoder), out or Path(f"data/features/{encoder}.zarr"), decoded=decoded,
               faces=faces, manifest=manifest, models_dir=models, metrics_dir=metrics)
+
+
+@app.command()
+@friendly
+def train(out: Annotated[Path, typer.Option(help="model folder (safetensors + resolved config)")] = Path("data/models/stage1"),
+          variant: Annotated[Optional[str], typer.Option(help="an ablation row (writes metrics/ablation/VARIANT.json)")] = None,
+          manifest: Annotated[Path, typer.Option(help="manifest (labels and splits)")] = Path("data/manifest.parquet"),
+          features: Annotated[Path, typer.Option(help="folder of the feature stores")] = Path("data/features"),
+          reference: Annotated[Path, typer.Option(help="the sync-baseline row for alignment.json")] = Path("metrics/alignment_reference.json"),
+          params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
+    """Stage 1: MSFE + alignment + fusion on cached features (params msfe, contrast, align, train, features.use)."""
+    from pipeline.stages import train as stage
+
+    stage.run(_params(params, set_), manifest, features, out, metrics, variant=variant, reference=reference)
+
+
+@app.command("sync-baseline")
+@friendly
+def sync_baseline(out: Annotated[Path, typer.Option(help="reference metrics file")] = Path("metrics/alignment_reference.json"),
+                  decoded: Annotated[Path, typer.Option(help="decoded store")] = Path("data/interim/decoded.zarr"),
+                  faces: Annotated[Path, typer.Option(help="face store")] = Path("data/interim/faces.zarr"),
+                  manifest: Annotated[Path, typer.Option(help="manifest with offset_ms")] = Path("data/manifest.parquet"),
+                  params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """The alignment reference: plain cross-correlation of audio energy and mouth motion (params align.max_shift)."""
+    from pipeline.stages import sync as stage
+
+    stage.run(_params(params, set_).align.max_shift, decoded, faces, manifest, out)
 
 
 if __name__ == "__main__":  # pragma: no cover

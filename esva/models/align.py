@@ -28,6 +28,12 @@ def to_rate(x: torch.Tensor, lengths: torch.Tensor, src: float, dst: float) -> t
     """Resample (B, T, D) sequences from `src` to `dst` frames per second (linear), per clip."""
     if abs(src - dst) < 1e-9:
         return x, lengths
+    ratio = src / dst
+    if abs(ratio - round(ratio)) < 1e-9 and round(ratio) >= 2:  # integer decimation: mean of each r frames
+        r = int(round(ratio))
+        t = x.shape[1] // r
+        new_len = torch.clamp(lengths // r, min=1)
+        return x[:, : t * r].reshape(x.shape[0], t, r, x.shape[2]).mean(2), new_len
     new_len = torch.clamp((lengths.double() * dst / src).round().long(), min=1)
     out = x.new_zeros(x.shape[0], int(new_len.max()), x.shape[2])
     for i in range(x.shape[0]):
@@ -45,20 +51,46 @@ def _shifted(v: torch.Tensor, mv: torch.Tensor, k: int, t: int) -> tuple[torch.T
     """v (B, Tv, D) -> (B, 2K+1, T, D) with [:, j, s] = v[:, s + tau_j], tau_j = j - K; masks alike."""
     b, tv, d = v.shape
     pad = k + max(0, t - tv)
-    vp = F.pad(v, (0, 0, k, pad))
-    mp = F.pad(mv, (k, pad))
-    idx = torch.arange(t, device=v.device)[None, :] + torch.arange(2 * k + 1, device=v.device)[:, None]  # (S, T)
-    return vp[:, idx], mp[:, idx]
+    vp = F.pad(v, (0, 0, k, pad))[:, : t + 2 * k]  # (B, T + 2K, D)
+    mp = F.pad(mv, (k, pad))[:, : t + 2 * k]
+    # unfold: windows of length T starting at 0..2K -> (B, S, D, T) views, no gather
+    vs = vp.unfold(1, t, 1).permute(0, 1, 3, 2)
+    ms = mp.unfold(1, t, 1)
+    return vs, ms
+
+
+def _diagonals(g: torch.Tensor, k: int, t: int) -> torch.Tensor:
+    """g (B, L, L) -> (B, 2K+1, t): out[:, j, s] = g[:, s, s + tau_j] (0 where s + tau_j is outside)."""
+    b, n, _ = g.shape
+    out = g.new_zeros(b, 2 * k + 1, t)
+    for j, tau in enumerate(range(-k, k + 1)):
+        d = torch.diagonal(g, offset=tau, dim1=1, dim2=2)  # s from max(0, -tau)
+        s0 = max(0, -tau)
+        m = min(t - s0, d.shape[-1])
+        if m > 0:
+            out[:, j, s0:s0 + m] = d[:, :m]
+    return out
+
+
+def _square(a: torch.Tensor, v: torch.Tensor, ma: torch.Tensor, mv: torch.Tensor):
+    """Pad audio and video to one length L so that frame-pair matrices are square."""
+    n = max(a.shape[1], v.shape[1])
+    pad = lambda x, m: (F.pad(x, (0, 0, 0, n - x.shape[1])), F.pad(m, (0, n - m.shape[1])))  # noqa: E731
+    return (*pad(a, ma), *pad(v, mv))
 
 
 def shift_scores(a: torch.Tensor, v: torch.Tensor, ma: torch.Tensor, mv: torch.Tensor, k: int, window: int):
-    """D_local and C_global for every offset: (B, 2K+1) each, plus the valid pair counts."""
+    """D_local and C_global for every offset: (B, 2K+1) each, plus the valid pair counts.
+
+    a and v are unit vectors on valid frames (centre_normalise), so ||a - v|| = sqrt(2 - 2 cos):
+    all offsets come from one frame-pair cosine matrix G = a v^T and its diagonals."""
     t = a.shape[1]
-    vs, ms = _shifted(v, mv, k, t)  # (B, S, T, D), (B, S, T)
-    pair = ma[:, None, :] & ms  # (B, S, T)
-    w = pair.to(a.dtype)
-    dist = (a[:, None] - vs).norm(dim=-1)  # (B, S, T)
-    cos = (a[:, None] * vs).sum(-1)
+    a2, ma2, v2, mv2 = _square(a, v, ma, mv)
+    g = a2 @ v2.transpose(1, 2)  # (B, L, L) cosines of every frame pair
+    pm = (ma2[:, :, None] & mv2[:, None, :]).to(a.dtype)
+    cos = _diagonals(g, k, t)  # (B, S, T)
+    w = _diagonals(pm, k, t)
+    dist = torch.sqrt((2.0 - 2.0 * cos).clamp_min(1e-8))
     count = w.sum(-1)
     c_global = (cos * w).sum(-1) / count.clamp_min(1.0)
     # windows of `window` frames over t: mean distance per window, then mean over windows with pairs
@@ -128,14 +160,15 @@ class Aligner(nn.Module):
     def cross_clip_contrastive(self, out: dict, ma: torch.Tensor, mv: torch.Tensor, tau: float) -> torch.Tensor:
         """InfoNCE over clips: audio i against video j, each pair scored at its best offset (soft max
         over offsets of the mean cosine); the diagonal (own video) is the positive."""
-        pa, pv = out["pa"], out["pv"]
+        pa, pv = out["pa"], out["pv"]  # zero on invalid frames (centre_normalise)
         b, t, _ = pa.shape
         vs, ms = _shifted(pv, mv, self.k, t)  # (B, S, T, D)
+        fa, wa = pa.reshape(b, -1), ma.to(pa.dtype)
         scores = []
         for j in range(vs.shape[1]):
-            w = ma[:, None, :].to(pa.dtype) * ms[None, :, j, :].to(pa.dtype)  # (B, B, T)
-            c = torch.einsum("itd,jtd->ijt", pa, vs[:, j]) * w
-            scores.append(c.sum(-1) / w.sum(-1).clamp_min(1.0))
+            num = fa @ vs[:, j].reshape(b, -1).T  # sum_t <a_i(t), v_k(t + tau_j)>   (B, B)
+            cnt = wa @ ms[:, j].to(pa.dtype).T  # valid pairs                      (B, B)
+            scores.append(num / cnt.clamp_min(1.0))
         s = torch.stack(scores, -1)  # (B, B, S)
         best = self.temperature * torch.logsumexp(s / self.temperature, dim=-1)
         logits = best / tau
@@ -144,8 +177,21 @@ class Aligner(nn.Module):
 
     @staticmethod
     def shift_video(v: torch.Tensor, mv: torch.Tensor, p: torch.Tensor, k: int, t: int):
-        """The video moved onto the audio's timeline: v_aligned(t) = sum_tau p(tau) v(t + tau)."""
-        vs, ms = _shifted(v, mv, k, t)
-        out = (p[:, :, None, None] * vs * ms[..., None].to(v.dtype)).sum(1)
-        wt = (p[:, :, None] * ms.to(v.dtype)).sum(1)
-        return out / wt.clamp_min(1e-6)[..., None], wt > 1e-3
+        """The video moved onto the audio's timeline: v_aligned(t) = sum_tau p(tau) v(t + tau), as one
+        banded matrix product; returns (B, t, D) and the mask of frames that received any weight."""
+        b, tv, d = v.shape
+        n = max(t, tv) + k
+        vp = F.pad(v * mv[..., None].to(v.dtype), (0, 0, 0, n - tv))
+        mp = F.pad(mv.to(v.dtype), (0, n - tv))
+        rows, cols, js = [], [], []
+        for j, tau in enumerate(range(-k, k + 1)):
+            r = torch.arange(max(0, -tau), min(n, n - tau), device=v.device)
+            rows.append(r)
+            cols.append(r + tau)
+            js.append(torch.full_like(r, j))
+        rows, cols, js = torch.cat(rows), torch.cat(cols), torch.cat(js)
+        band = torch.zeros(b, n * n, dtype=v.dtype, device=v.device).index_add(1, rows * n + cols, p[:, js]).view(b, n, n)
+        num = band @ vp  # (B, n, D)
+        den = band @ mp[..., None]  # (B, n, 1)
+        out = num[:, :t] / den[:, :t].clamp_min(1e-6)
+        return out, den[:, :t, 0] > 1e-3

@@ -222,7 +222,6 @@ def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align
 
     check_config(data, use, msfe_cfg, align_cfg)
     set_seed(train_cfg.seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
     accel = Accelerator(cpu=train_cfg.device == "cpu")
     model = FusionClassifier(data.dims, data.rates, use, len(LABELS), msfe_cfg, align_cfg, train_cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
@@ -255,7 +254,7 @@ def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align
             step += 1
             n_batches += 1
             for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
         pred = predict(accel.unwrap_model(model), va, use, train_cfg.batch_size, accel.device)
         val = scores(va, pred)
         with torch.no_grad():

@@ -1,0 +1,1 @@
+"""Metrics and tables: each metric a pure function."""

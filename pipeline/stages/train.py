@@ -1,0 +1,133 @@
+"""`esva train`: stage 1 on cached features -> data/models/stage1 (+ metrics/train.json, alignment.json,
+per-epoch curves); with `--variant`, one ablation row -> metrics/ablation/<variant>.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors.torch import save_file
+
+from esva import LABELS, __version__
+from esva.config import ConfigError, Params, apply_overrides
+from esva.data.manifest import read_manifest
+from esva.train.stage1 import alignment_scores, load_features, predict, scores, train
+from pipeline.common import log
+
+# The ablations of Tables 5 and 6, as params overrides on the same feature cache.
+VARIANTS: dict[str, list[str]] = {
+    # Table 6: the full model, without MSFE, without alignment, without both (Emotion-LLaMA-like)
+    "full": [],
+    "no_msfe": ["msfe.enabled=false"],
+    "no_align": ["align.enabled=false"],
+    "baseline": ["msfe.enabled=false", "align.enabled=false"],
+    # Table 5: encoder combinations (plain features: no MSFE, no alignment), then MSFE-HuBERT + all video
+    "enc_hubert": ["features.use=[hubert]", "msfe.enabled=false", "align.enabled=false"],
+    "enc_mae": ["features.use=[mae]", "align.enabled=false"],
+    "enc_videomae": ["features.use=[videomae]", "align.enabled=false"],
+    "enc_eva": ["features.use=[eva]", "align.enabled=false"],
+    "enc_text": ["features.use=[text]", "align.enabled=false"],
+    "enc_mae_videomae_eva": ["features.use=[mae,videomae,eva]", "align.enabled=false"],
+    "enc_hubert_mae": ["features.use=[hubert,mae]", "msfe.enabled=false", "align.enabled=false"],
+    "enc_hubert_videomae": ["features.use=[hubert,videomae]", "msfe.enabled=false", "align.enabled=false"],
+    "enc_hubert_mae_videomae": ["features.use=[hubert,mae,videomae]", "msfe.enabled=false", "align.enabled=false"],
+    "enc_hubert_mae_eva": ["features.use=[hubert,mae,eva]", "msfe.enabled=false", "align.enabled=false"],
+    "enc_hubert_videomae_eva": ["features.use=[hubert,videomae,eva]", "msfe.enabled=false", "align.enabled=false"],
+    "enc_hubert_mae_videomae_eva": ["features.use=[hubert,mae,videomae,eva]", "msfe.enabled=false", "align.enabled=false"],
+    "enc_msfe_hubert_mae_videomae_eva": ["features.use=[hubert,mae,videomae,eva]", "align.enabled=false"],
+}
+
+
+def variant_params(p: Params, name: str) -> Params:
+    if name not in VARIANTS:
+        raise ConfigError(f"unknown variant {name!r}; choose from {list(VARIANTS)}")
+    tree = apply_overrides(p.model_dump(mode="python"), VARIANTS[name])
+    return Params.model_validate(tree)
+
+
+def _curves(out_dir: Path):
+    from dvclive import Live
+
+    return Live(dir=str(out_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+
+
+def run(p: Params, manifest: Path, features_dir: Path, out: Path, metrics_dir: Path | None = Path("metrics"),
+        variant: str | None = None, reference: Path | None = Path("metrics/alignment_reference.json")) -> dict:
+    if variant:
+        p = variant_params(p, variant)
+    use = p.features.use
+    df = read_manifest(manifest)
+    data = load_features(df, {n: Path(features_dir) / f"{n}.zarr" for n in use}, use)
+    lost = len(data.skipped) / max(len(df), 1)
+    if lost > p.train.max_skip_ratio:
+        raise ConfigError(f"train: {len(data.skipped)} of {len(df)} clips lack a label or features "
+                          f"({lost:.1%} > train.max_skip_ratio={p.train.max_skip_ratio}), e.g. "
+                          f"{list(data.skipped.items())[:5]}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = {"variant": variant, "use": list(use), "labels": list(LABELS), "dims": data.dims, "rates": data.rates,
+                "features": {"use": list(use)}, "msfe": p.msfe.model_dump(mode="json"),
+                "contrast": p.contrast.model_dump(mode="json"), "align": p.align.model_dump(mode="json"),
+                "train": p.train.model_dump(mode="json"), "code_version": __version__, "corpus": data.corpus}
+
+    def checkpoint(model, epoch):  # the last good (best so far) weights are always on disk
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+        with (out / "config.json").open("w", encoding="utf-8") as fh:
+            json.dump({**resolved, "epoch": epoch}, fh, indent=2)
+
+    live = _curves(Path(metrics_dir) / ("train" if not variant else f"ablation_curves/{variant}")) if metrics_dir else None
+
+    def on_epoch(rec):
+        if live is not None:
+            for k, v in rec.items():
+                if k != "epoch":
+                    live.log_metric(k, float(v))
+            live.next_step()
+        log.info("epoch %d: %s", rec["epoch"], ", ".join(f"{k}={v:.4f}" for k, v in rec.items() if k != "epoch"))
+
+    result = train(data, use, p.msfe, p.contrast, p.align, p.train, on_epoch=on_epoch, checkpoint=checkpoint)
+    if live is not None:
+        live.end()
+    checkpoint(result.model, result.best_epoch)
+    test = data.split("test")
+    pred = predict(result.model, test, use, p.train.batch_size, "cpu")
+    test_scores = scores(test, pred)
+    val_scores = scores(data.split("val"), predict(result.model, data.split("val"), use, p.train.batch_size, "cpu"))
+    align = alignment_scores(test, pred, p.align.rate, fps=p.align.rate)
+    summary = {
+        "corpus": data.corpus, "split": "test", "variant": variant or "main", "features_use": list(use),
+        "msfe": p.msfe.enabled, "align": p.align.enabled, "test": test_scores, "val": val_scores,
+        "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stopped_early": result.stopped_early,
+        "clips": {"train": len(data.split("train")), "val": len(data.split("val")), "test": len(test),
+                  "skipped": len(data.skipped)},
+        "msfe_scale_weights": (result.model.msfe.scale_weights.detach().tolist()
+                               if result.model.msfe is not None and p.msfe.enabled else None),
+        "alignment": align,
+    }
+    if metrics_dir is not None:
+        metrics_dir = Path(metrics_dir)
+        if variant:
+            (metrics_dir / "ablation").mkdir(parents=True, exist_ok=True)
+            _dump(metrics_dir / "ablation" / f"{variant}.json", summary)
+        else:
+            _dump(metrics_dir / "train.json", summary)
+            ref = None
+            if reference is not None and Path(reference).exists():
+                with Path(reference).open() as fh:
+                    ref = json.load(fh)
+            rows = {"learned": align, "reference_xcorr": ref.get("test") if ref else None}
+            _dump(metrics_dir / "alignment.json", {"corpus": data.corpus, "split": "test",
+                                                   "offset_convention": "tau > 0: the video lags the audio",
+                                                   "rate": p.align.rate, **rows})
+    log.info("train%s: test weighted F1 %.4f (corpus %s)%s", f" [{variant}]" if variant else "",
+             test_scores["weighted_f1"], data.corpus,
+             f", alignment within one frame {align['within_one_frame']:.3f}" if align else "")
+    return summary
+
+
+def _dump(path: Path, obj: dict) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o))
+        fh.write("\n")
+
