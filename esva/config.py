@@ -236,9 +236,10 @@ class AlignConfig(Strict):
     window: int = Field(8, ge=1)  # the local window, in frames
     alpha: float = Field(1.0, ge=0)
     beta: float = Field(1.0, ge=0)
-    temperature: float = Field(0.05, gt=0)  # soft-argmin
+    temperature: float = Field(0.02, gt=0)  # soft-argmin
     contrast_tau: float = Field(0.1, gt=0)  # cross-clip contrastive term
     contrast_weight: float = Field(1.0, ge=0)
+    warmup_epochs: int = Field(20, ge=0)  # epochs training the aligner alone before the joint loss
 
 
 class TrainConfig(Strict):

@@ -183,7 +183,9 @@ def predict(model: FusionClassifier, clips: list[Clip], use, batch_size: int, de
     return res
 
 
-def scores(clips: list[Clip], pred: dict) -> dict:
+def scores(clips: list[Clip], pred: dict) -> dict | None:
+    if not clips:
+        return None
     y = np.array([c.label for c in clips])
     yhat = pred["probs"].argmax(-1)
     return {"weighted_f1": float(f1_score(y, yhat, average="weighted", labels=range(len(LABELS)), zero_division=0)),
@@ -231,8 +233,10 @@ def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align
     gen = torch.Generator().manual_seed(train_cfg.seed)
     best, best_state, best_epoch, bad, history, step = -1.0, None, 0, 0, [], 0
     stopped = False
-    for epoch in range(1, train_cfg.epochs + 1):
+    warmup = align_cfg.warmup_epochs if accel.unwrap_model(model).aligner is not None else 0
+    for epoch in range(1, warmup + train_cfg.epochs + 1):
         model.train()
+        warming = epoch <= warmup
         order = torch.randperm(len(tr), generator=gen).tolist()
         sums: dict[str, float] = {}
         n_batches = 0
@@ -248,7 +252,7 @@ def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align
                                  f"({ {k: float(v) for k, v in losses.items()} }); batch clips: {batch['clip_ids']}. "
                                  f"The last good checkpoint (epoch {best_epoch}) is kept")
             opt.zero_grad()
-            accel.backward(losses["loss"])
+            accel.backward(losses["align"] if warming else losses["loss"])
             accel.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
             opt.step()
             step += 1
@@ -256,7 +260,7 @@ def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
         pred = predict(accel.unwrap_model(model), va, use, train_cfg.batch_size, accel.device)
-        val = scores(va, pred)
+        val = scores(va, pred) or {"weighted_f1": 0.0, "accuracy": 0.0}
         with torch.no_grad():
             model.eval()
             vl = [compute_losses(accel.unwrap_model(model), model(_to(collate(va[i:i + train_cfg.batch_size], use),
@@ -266,9 +270,12 @@ def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align
         rec = {"epoch": epoch, **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()},
                "val_loss": float(np.mean(vl)) if vl else float("nan"), "val_weighted_f1": val["weighted_f1"],
                "val_accuracy": val["accuracy"]}
+        rec["phase"] = "align_warmup" if warming else "joint"
         history.append(rec)
         if on_epoch:
             on_epoch(rec)
+        if warming:
+            continue
         if val["weighted_f1"] > best + 1e-9:
             best, best_epoch, bad = val["weighted_f1"], epoch, 0
             best_state = copy.deepcopy(accel.unwrap_model(model).state_dict())

@@ -81,10 +81,11 @@ def run(p: Params, manifest: Path, features_dir: Path, out: Path, metrics_dir: P
     def on_epoch(rec):
         if live is not None:
             for k, v in rec.items():
-                if k != "epoch":
+                if k not in ("epoch", "phase"):
                     live.log_metric(k, float(v))
             live.next_step()
-        log.info("epoch %d: %s", rec["epoch"], ", ".join(f"{k}={v:.4f}" for k, v in rec.items() if k != "epoch"))
+        log.info("epoch %d (%s): %s", rec["epoch"], rec["phase"],
+                 ", ".join(f"{k}={v:.4f}" for k, v in rec.items() if k not in ("epoch", "phase")))
 
     result = train(data, use, p.msfe, p.contrast, p.align, p.train, on_epoch=on_epoch, checkpoint=checkpoint)
     if live is not None:
@@ -120,8 +121,8 @@ def run(p: Params, manifest: Path, features_dir: Path, out: Path, metrics_dir: P
             _dump(metrics_dir / "alignment.json", {"corpus": data.corpus, "split": "test",
                                                    "offset_convention": "tau > 0: the video lags the audio",
                                                    "rate": p.align.rate, **rows})
-    log.info("train%s: test weighted F1 %.4f (corpus %s)%s", f" [{variant}]" if variant else "",
-             test_scores["weighted_f1"], data.corpus,
+    log.info("train%s: test weighted F1 %s (corpus %s)%s", f" [{variant}]" if variant else "",
+             f"{test_scores['weighted_f1']:.4f}" if test_scores else "n/a (empty test split)", data.corpus,
              f", alignment within one frame {align['within_one_frame']:.3f}" if align else "")
     return summary
 
