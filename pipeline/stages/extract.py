@@ -10,7 +10,6 @@ from esva.config import config_hash
 from esva.data.manifest import manifest_fingerprint, read_manifest
 from esva.encoders import REGISTRY, load_encoder
 from esva.encoders.engine import feature_fields, run_extraction
-from esva.encoders.hubert import SAMPLE_RATE as hubert_rate
 from esva.store import RaggedWriter, StoreError
 from esva.store import open as open_store
 from pipeline.common import Rate, StageReport, corpus_of, log, progress
@@ -41,6 +40,7 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
 
     if modality == "audio":
         src = source(decoded, "decode")
+        hubert_rate = REGISTRY[name].module.SAMPLE_RATE
         if int(src.attrs["sample_rate"]) != hubert_rate:
             raise StoreError(f"{decoded} holds audio at {src.attrs['sample_rate']} Hz; HuBERT needs {hubert_rate} Hz "
                              f"(set decode.sample_rate: {hubert_rate})")

@@ -1,5 +1,6 @@
 """dvc.yaml agrees with params.yaml and the code; the pipeline reproduces and is then up to date."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ from esva.config import Params
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("synth", "ingest", "decode", "crop", "extract@hubert", "extract@mae", "extract@videomae", "extract@eva",
-          "extract@text")
+          "extract@text", "sync-baseline", "train")
 
 
 def _dvc():
@@ -33,13 +34,19 @@ def _key_exists(key: str) -> bool:
 def test_every_stage_is_an_esva_command_with_real_deps_and_params():
     stages = _dvc()["stages"]
     assert list(stages)[:4] == ["synth", "ingest", "decode", "crop"]
+    assert {"extract", "sync-baseline", "train", "ablate"} <= set(stages)
     for name, st in stages.items():
         if "foreach" in st:
-            for key, item in st["foreach"].items():
+            items = st["foreach"].items() if isinstance(st["foreach"], dict) else [(i, i) for i in st["foreach"]]
+            for key, item in items:
                 body = yaml.safe_dump(st["do"]).replace("${key}", key)
-                for k, v in item.items():
-                    body = body.replace("${item.%s}" % k, v)
-                _check_stage(f"{name}@{key}", yaml.safe_load(body), f"esva {name} {key}")
+                if isinstance(item, dict):
+                    for k, v in item.items():
+                        body = body.replace("${item.%s}" % k, v)
+                else:
+                    body = body.replace("${item}", item)
+                prefix = f"esva {name} {key}" if name == "extract" else "esva train --variant"
+                _check_stage(f"{name}@{key}", yaml.safe_load(body), prefix)
         else:
             _check_stage(name, st, f"esva {name}")
 
@@ -47,7 +54,7 @@ def test_every_stage_is_an_esva_command_with_real_deps_and_params():
 def _check_stage(name, st, prefix):
     assert st["cmd"].startswith(prefix), name
     for dep in st["deps"]:
-        if not dep.startswith("data/"):
+        if not dep.startswith(("data/", "metrics/")):  # outputs of other stages
             assert (ROOT / dep).exists(), (name, dep)
     for key in st.get("params", []):
         assert _key_exists(key), (name, key)
@@ -59,7 +66,8 @@ def test_stages_depend_on_the_code_they_import():
 
     stages = _dvc()["stages"]
     for name, st in stages.items():
-        src = (ROOT / "pipeline" / "stages" / f"{name}.py").read_text()
+        module = {"ablate": "train", "sync-baseline": "sync"}.get(name, name)
+        src = (ROOT / "pipeline" / "stages" / f"{module}.py").read_text()
         mods = {n.module for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom) and n.module}
         files = {m.replace(".", "/") + ".py" for m in mods if m.startswith("esva.") and m not in ("esva.config", "esva.store")}
         files = {f if (ROOT / f).exists() else f[:-3] + "/__init__.py" for f in files}
@@ -70,45 +78,76 @@ def test_stages_depend_on_the_code_they_import():
 
 @pytest.fixture
 def dvc_repo(tmp_path, monkeypatch):
+    """The project's pipeline in a scratch git + DVC repo, on six tiny clips and a short training."""
     repo = tmp_path / "repo"
     repo.mkdir()
     for d in ("esva", "pipeline"):
         shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    with (ROOT / "dvc.yaml").open() as fh:
+        dag = yaml.safe_load(fh)
+    dag["stages"].pop("ablate")  # 17 more trainings: covered by their own smoke test
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(dag, sort_keys=False))
     with (ROOT / "params.yaml").open() as fh:
         params = yaml.safe_load(fh)
-    params["synth"].update(n_clips=6, workers=1, min_seconds=1.0, max_seconds=1.4, width=160, height=128)
+    params["synth"].update(n_clips=12, workers=1, min_seconds=1.0, max_seconds=1.4, width=160, height=128)
+    params["train"].update(epochs=2, patience=1, batch_size=4)
+    params["align"].update(warmup_epochs=1, max_shift=4, window=4)
+    params["msfe"].update(scales=2)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / ".gitignore").write_text("/data/\n__pycache__/\n")
     env = dict(os.environ, DVC_NO_ANALYTICS="1", DVC_SITE_CACHE_DIR=str(tmp_path / "site"),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    run = lambda *a: subprocess.run([str(Path(sys.executable).parent / "dvc"), *a], cwd=repo, env=env,  # noqa: E731
-                                    capture_output=True, text=True)
-    assert run("init", "--no-scm", "-q").returncode == 0
-    return repo, run
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    dvc = str(Path(sys.executable).parent / "dvc")
+    run = lambda *a: subprocess.run([dvc, *a], cwd=repo, env=env, capture_output=True, text=True)  # noqa: E731
+    git = lambda *a: subprocess.run(["git", *a], cwd=repo, env=env, capture_output=True, text=True, check=True)  # noqa: E731
+    git("init", "-q")
+    assert run("init", "-q").returncode == 0
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    return repo, run, git, params
+
+
+def _ran(out: str) -> set[str]:
+    return {s for s in STAGES if f"Running stage '{s}'" in out}
 
 
 def test_repro_then_nothing_to_do_and_only_downstream_reruns(dvc_repo):
-    repo, run = dvc_repo
+    repo, run, git, params = dvc_repo
     first = run("repro")
     assert first.returncode == 0, first.stdout + first.stderr
+    assert _ran(first.stdout) == set(STAGES)
     for stage in STAGES:
-        assert f"Running stage '{stage}'" in first.stdout
-        assert (repo / "metrics" / f"{stage.replace('@', '_')}.json").exists()
+        if stage != "sync-baseline":
+            assert (repo / "metrics" / f"{stage.replace('@', '_')}.json").exists(), stage
+    assert json.loads((repo / "metrics" / "train.json").read_text())["corpus"] == "synthetic"
+    assert json.loads((repo / "metrics" / "alignment.json").read_text())["corpus"] == "synthetic"
     second = run("repro")
-    assert second.returncode == 0 and "Running stage" not in second.stdout, second.stdout
-    # an encoder's own params rerun only that encoder
-    text = (repo / "params.yaml").read_text()
-    params = yaml.safe_load(text)
+    assert second.returncode == 0 and _ran(second.stdout) == set(), second.stdout
+    git("add", "-A")
+    git("commit", "-qm", "repro")
+    # an ablation through dvc exp: an msfe change reruns training only, never decode/crop/extract
+    exp = run("exp", "run", "-S", "msfe.scales=1")
+    assert exp.returncode == 0, exp.stdout + exp.stderr
+    assert _ran(exp.stdout) == {"train"}, exp.stdout
+    shown = run("exp", "show", "--json")
+    assert shown.returncode == 0 and "msfe.scales" in shown.stdout
+    git("checkout", "-q", "--", ".")  # back to the committed workspace
+    # an encoder's own params rerun that encoder and what reads it
     params["features"]["mae"]["pool"] = "cls"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = run("repro")
     assert third.returncode == 0, third.stdout + third.stderr
-    ran = {s for s in STAGES if f"Running stage '{s}'" in third.stdout}
-    assert ran == {"extract@mae"}, ran
-    # a crop change reruns crop and the face encoders, never decode, the audio or the text encoder
+    assert _ran(third.stdout) == {"extract@mae", "train"}
+    # a crop change reruns crop and what reads faces, never decode, the audio or the text encoder
     params["crop"]["margin"] = 0.3
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     fourth = run("repro")
     assert fourth.returncode == 0, fourth.stdout + fourth.stderr
-    ran = {s for s in STAGES if f"Running stage '{s}'" in fourth.stdout}
-    assert ran == {"crop", "extract@mae", "extract@videomae", "extract@eva"}, ran
+    assert _ran(fourth.stdout) == {"crop", "extract@mae", "extract@videomae", "extract@eva", "sync-baseline", "train"}
+
+
+def test_ablation_stage_lists_every_variant():
+    from pipeline.stages.train import VARIANTS
+
+    assert _dvc()["stages"]["ablate"]["foreach"] == list(VARIANTS)
