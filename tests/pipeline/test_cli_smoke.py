@@ -114,3 +114,32 @@ def test_extract_rejects_unknown_encoders_and_checkpoints(tmp_path):
     res = runner.invoke(app, ["extract", "hubert", "--params", str(ROOT / "params.yaml"), "--decoded",
                               str(tmp_path / "none.zarr")])
     assert res.exit_code == 2 and "store not found" in res.output
+
+
+def test_train_and_an_ablation_through_the_cli(chain):
+    d, _ = chain
+    for enc in ("hubert", "mae", "videomae", "eva", "text"):
+        if not (d / f"{enc}.zarr").exists():
+            test_extract_through_the_cli(chain, enc)
+    feats = d / "features"
+    feats.mkdir(exist_ok=True)
+    for enc in ("hubert", "mae", "videomae", "eva", "text"):
+        if not (feats / f"{enc}.zarr").exists():
+            (feats / f"{enc}.zarr").symlink_to(d / f"{enc}.zarr")
+    common = ["--params", str(ROOT / "params.yaml"), "--manifest", str(d / "manifest.parquet"), "--features", str(feats),
+              "--metrics", str(d / "m"), "--set", "train.epochs=2", "--set", "align.warmup_epochs=1",
+              "--reference", str(d / "none.json")]
+    res = esva("train", "--out", str(d / "stage1"), *common)
+    assert res.exit_code == 0, res.output
+    summary = json.loads((d / "m" / "train.json").read_text())
+    assert summary["corpus"] == "synthetic" and summary["clips"]["train"] == 6
+    assert json.loads((d / "m" / "alignment.json").read_text())["corpus"] == "synthetic"
+    assert (d / "stage1" / "model.safetensors").exists()
+    cfg = json.loads((d / "stage1" / "config.json").read_text())
+    assert cfg["msfe"]["scales"] == 3 and cfg["use"] == ["hubert", "mae", "videomae", "eva", "text"]
+    res = esva("train", "--variant", "no_align", "--out", str(d / "abl"), *common)
+    assert res.exit_code == 0, res.output
+    row = json.loads((d / "m" / "ablation" / "no_align.json").read_text())
+    assert row["variant"] == "no_align" and row["align"] is False and row["corpus"] == "synthetic"
+    res = esva("train", "--variant", "nope", "--out", str(d / "x"), *common)
+    assert res.exit_code == 2 and "unknown variant 'nope'" in res.output
