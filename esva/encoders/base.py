@@ -198,3 +198,23 @@ def to_float_image(frames: np.ndarray | torch.Tensor, size: int, mean: Sequence[
     m = torch.tensor(mean, dtype=x.dtype)[None, :, None, None]
     s = torch.tensor(std, dtype=x.dtype)[None, :, None, None]
     return (x - m) / s
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def save_tiny_model(model: torch.nn.Module, path: Path, preprocessor_config: dict) -> None:
+    """Save a randomly initialised tiny model the way a hub checkpoint is laid out."""
+    model.save_pretrained(path, safe_serialization=True)
+    with (path / "preprocessor_config.json").open("w", encoding="utf-8") as fh:
+        json.dump(preprocessor_config, fh)
+
+
+def load_frozen(cls, source: str | Path, cfg, revision: str | None, **kwargs):
+    """from_pretrained (safetensors only), frozen, on cfg.device; returns (model, compute dtype,
+    the checkpoint's preprocessor config when it is a local directory)."""
+    model = freeze(cls.from_pretrained(str(source), revision=revision, use_safetensors=True,
+                                       trust_remote_code=cfg.trust_remote_code, **kwargs))
+    model.to(cfg.device)
+    pre = preprocessor(Path(str(source))) if Path(str(source)).is_dir() else {}
+    return model, resolve_dtype(cfg.dtype, cfg.device), pre

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from transformers import Blip2VisionConfig, Blip2VisionModel
 
 from esva.encoders.base import (Batch, CheckpointError, autocast, freeze, layer_names, preprocessor, resolve_dtype,
-                                select_layers, to_float_image)
+                                save_tiny_model, select_layers, to_float_image)
 
 NAME = "eva"
 MODEL_TYPES = ("blip_2_vision_model", "blip-2")
@@ -34,10 +34,9 @@ def tiny_config() -> Blip2VisionConfig:
 
 def save_tiny(path: Path, seed: int) -> None:
     torch.manual_seed(seed)
-    Blip2VisionModel(tiny_config()).save_pretrained(path, safe_serialization=True)
-    with (path / "preprocessor_config.json").open("w", encoding="utf-8") as fh:
-        json.dump({"image_processor_type": "BlipImageProcessor", "image_mean": list(CLIP_MEAN),
-                   "image_std": list(CLIP_STD), "size": {"height": 56, "width": 56}}, fh)
+    save_tiny_model(Blip2VisionModel(tiny_config()), path, {
+        "image_processor_type": "BlipImageProcessor", "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD), "size": {"height": 56, "width": 56}})
 
 
 def _load(source: str | Path, cfg, revision: str | None) -> Blip2VisionModel:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import HubertConfig, HubertModel
 
-from esva.encoders.base import Batch, autocast, freeze, layer_names, preprocessor, resolve_dtype, select_layers
+from esva.encoders.base import Batch, autocast, layer_names, load_frozen, select_layers
 
 NAME = "hubert"
 MODEL_TYPES = ("hubert",)
@@ -47,14 +47,9 @@ class HubertEncoder:
     name = NAME
 
     def __init__(self, source: str | Path, cfg, revision: str | None = None) -> None:
-        self.model = freeze(HubertModel.from_pretrained(
-            str(source), revision=revision, use_safetensors=True, trust_remote_code=cfg.trust_remote_code,
-            mask_time_prob=0.0))
+        self.model, self.dtype, pre = load_frozen(HubertModel, source, cfg, revision, mask_time_prob=0.0)
         self.device = cfg.device
-        self.model.to(self.device)
-        self.dtype = resolve_dtype(cfg.dtype, cfg.device)
         c = self.model.config
-        pre = preprocessor(Path(source)) if Path(str(source)).is_dir() else {}
         self.do_normalize = bool(pre.get("do_normalize", True))
         # group-norm feature extractors (hubert-base) mix padding into valid frames: one clip a batch
         self.single = c.feat_extract_norm != "layer"

@@ -8,20 +8,18 @@ ViT-MAE-large fine-tuned on faces; any local ViTMAE directory works).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import ViTMAEConfig, ViTMAEModel
 
-from esva.encoders.base import (Batch, autocast, freeze, layer_names, preprocessor, resolve_dtype, select_layers,
-                                to_float_image)
+from esva.encoders.base import (IMAGENET_MEAN, IMAGENET_STD, Batch, autocast, layer_names, load_frozen,
+                                save_tiny_model, select_layers, to_float_image)
 
 NAME = "mae"
 MODEL_TYPES = ("vit_mae",)
 PAPER_CHECKPOINT = "facebook/vit-mae-large"
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def tiny_config() -> ViTMAEConfig:
@@ -32,10 +30,9 @@ def tiny_config() -> ViTMAEConfig:
 
 def save_tiny(path: Path, seed: int) -> None:
     torch.manual_seed(seed)
-    ViTMAEModel(tiny_config()).save_pretrained(path, safe_serialization=True)
-    with (path / "preprocessor_config.json").open("w", encoding="utf-8") as fh:
-        json.dump({"image_processor_type": "ViTImageProcessor", "image_mean": list(IMAGENET_MEAN),
-                   "image_std": list(IMAGENET_STD), "size": {"height": 64, "width": 64}}, fh)
+    save_tiny_model(ViTMAEModel(tiny_config()), path, {
+        "image_processor_type": "ViTImageProcessor", "image_mean": list(IMAGENET_MEAN),
+        "image_std": list(IMAGENET_STD), "size": {"height": 64, "width": 64}})
 
 
 class MaeEncoder:
@@ -44,13 +41,9 @@ class MaeEncoder:
     min_length = 1
 
     def __init__(self, source: str | Path, cfg, revision: str | None = None) -> None:
-        self.model = freeze(ViTMAEModel.from_pretrained(str(source), revision=revision, use_safetensors=True,
-                                                        trust_remote_code=cfg.trust_remote_code, mask_ratio=0.0))
+        self.model, self.dtype, pre = load_frozen(ViTMAEModel, source, cfg, revision, mask_ratio=0.0)
         self.device = cfg.device
-        self.model.to(self.device)
-        self.dtype = resolve_dtype(cfg.dtype, cfg.device)
         c = self.model.config
-        pre = preprocessor(Path(source)) if Path(str(source)).is_dir() else {}
         self.mean = pre.get("image_mean", IMAGENET_MEAN)
         self.std = pre.get("image_std", IMAGENET_STD)
         self.size = c.image_size

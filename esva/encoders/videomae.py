@@ -9,7 +9,6 @@ MCG-NJU/videomae-large (or a local checkpoint).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,13 +16,12 @@ import numpy as np
 import torch
 from transformers import VideoMAEConfig, VideoMAEModel
 
-from esva.encoders.base import (Batch, autocast, freeze, layer_names, preprocessor, resolve_dtype, select_layers,
-                                to_float_image)
+from esva.encoders.base import (IMAGENET_MEAN, IMAGENET_STD, Batch, autocast, layer_names, load_frozen,
+                                save_tiny_model, select_layers, to_float_image)
 
 NAME = "videomae"
 MODEL_TYPES = ("videomae",)
 PAPER_CHECKPOINT = "MCG-NJU/videomae-large"
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def tiny_config() -> VideoMAEConfig:
@@ -33,10 +31,9 @@ def tiny_config() -> VideoMAEConfig:
 
 def save_tiny(path: Path, seed: int) -> None:
     torch.manual_seed(seed)
-    VideoMAEModel(tiny_config()).save_pretrained(path, safe_serialization=True)
-    with (path / "preprocessor_config.json").open("w", encoding="utf-8") as fh:
-        json.dump({"image_processor_type": "VideoMAEImageProcessor", "image_mean": list(IMAGENET_MEAN),
-                   "image_std": list(IMAGENET_STD), "size": {"shortest_edge": 64}}, fh)
+    save_tiny_model(VideoMAEModel(tiny_config()), path, {
+        "image_processor_type": "VideoMAEImageProcessor", "image_mean": list(IMAGENET_MEAN),
+        "image_std": list(IMAGENET_STD), "size": {"shortest_edge": 64}})
 
 
 class VideoMaeEncoder:
@@ -45,13 +42,9 @@ class VideoMaeEncoder:
     min_length = 1  # shorter clips are padded to a window by repeating the last frame
 
     def __init__(self, source: str | Path, cfg, revision: str | None = None) -> None:
-        self.model = freeze(VideoMAEModel.from_pretrained(str(source), revision=revision, use_safetensors=True,
-                                                          trust_remote_code=cfg.trust_remote_code))
+        self.model, self.dtype, pre = load_frozen(VideoMAEModel, source, cfg, revision)
         self.device = cfg.device
-        self.model.to(self.device)
-        self.dtype = resolve_dtype(cfg.dtype, cfg.device)
         c = self.model.config
-        pre = preprocessor(Path(source)) if Path(str(source)).is_dir() else {}
         self.mean = pre.get("image_mean", IMAGENET_MEAN)
         self.std = pre.get("image_std", IMAGENET_STD)
         self.size = c.image_size

@@ -11,7 +11,7 @@ import numpy as np
 from esva.data.manifest import read_manifest
 from esva.eval.sync import audio_energy, mouth_motion, xcorr_offset
 from esva.store import open as open_store
-from pipeline.common import StageReport, corpus_of, log
+from pipeline.common import corpus_of, log
 
 
 def run(max_shift: int, decoded: Path, faces: Path, manifest: Path, out: Path) -> dict:

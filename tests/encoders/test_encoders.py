@@ -1,6 +1,5 @@
 """Each encoder on its tiny config: shapes, padding invariance, determinism, dtype, checkpoints."""
 
-import json
 import shutil
 from pathlib import Path
 

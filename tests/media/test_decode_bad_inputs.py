@@ -1,7 +1,6 @@
 """Every kind of bad file ends as a recorded skip with a clear reason or is processed correctly,
 while the rest of the run completes and nothing already done is lost."""
 
-import shutil
 
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from esva import LABELS
 from esva.config import AlignConfig, ContrastConfig, MsfeConfig, TrainConfig
