@@ -98,7 +98,9 @@ def run(p: Params, manifest: Path, features_dir: Path, out: Path, metrics_dir: P
     align = alignment_scores(test, pred, p.align.rate, fps=p.align.rate)
     summary = {
         "corpus": data.corpus, "split": "test", "variant": variant or "main", "features_use": list(use),
-        "msfe": p.msfe.enabled, "align": p.align.enabled, "test": test_scores, "val": val_scores,
+        # effective switches: MSFE needs hubert, alignment needs hubert and align.video in features.use
+        "msfe": result.model.msfe is not None and result.model.msfe.enabled,
+        "align": result.model.aligner is not None, "test": test_scores, "val": val_scores,
         "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stopped_early": result.stopped_early,
         "clips": {"train": len(data.split("train")), "val": len(data.split("val")), "test": len(test),
                   "skipped": len(data.skipped)},
