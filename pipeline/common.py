@@ -124,7 +124,3 @@ class Rate:
         self.n += 1
         return f"{self.n / max(time.perf_counter() - self.t0, 1e-9):.2f}"
 
-
-def corpus_of(datasets: Iterable[str]) -> str:
-    ds = sorted(set(datasets))
-    return "synthetic" if ds == ["synthetic"] else ",".join(ds) if ds else "unknown"

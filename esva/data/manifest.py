@@ -89,5 +89,11 @@ def manifest_fingerprint(df: pd.DataFrame) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def corpus_of(datasets) -> str:
+    """`synthetic` when every clip is synthetic, else the datasets joined; what each metric file states."""
+    ds = sorted(set(datasets))
+    return "synthetic" if ds == ["synthetic"] else ",".join(ds) if ds else "unknown"
+
+
 def video_file(row: pd.Series | dict) -> Path:
     return Path(str(row["root"])) / str(row["video_path"])

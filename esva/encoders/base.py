@@ -203,11 +203,13 @@ def to_float_image(frames: np.ndarray | torch.Tensor, size: int, mean: Sequence[
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def save_tiny_model(model: torch.nn.Module, path: Path, preprocessor_config: dict) -> None:
-    """Save a randomly initialised tiny model the way a hub checkpoint is laid out."""
-    model.save_pretrained(path, safe_serialization=True)
-    with (path / "preprocessor_config.json").open("w", encoding="utf-8") as fh:
-        json.dump(preprocessor_config, fh)
+def save_tiny_model(cls, config, path: Path, seed: int, preprocessor_config: dict | None = None) -> None:
+    """Build `cls(config)` with seeded random weights and save it the way a hub checkpoint is laid out."""
+    torch.manual_seed(seed)
+    cls(config).save_pretrained(path, safe_serialization=True)
+    if preprocessor_config is not None:
+        with (path / "preprocessor_config.json").open("w", encoding="utf-8") as fh:
+            json.dump(preprocessor_config, fh)
 
 
 def load_frozen(cls, source: str | Path, cfg, revision: str | None, **kwargs):

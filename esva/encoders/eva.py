@@ -18,8 +18,8 @@ import torch
 from safetensors import safe_open
 from transformers import Blip2VisionConfig, Blip2VisionModel
 
-from esva.encoders.base import (Batch, CheckpointError, autocast, freeze, layer_names, preprocessor, resolve_dtype,
-                                save_tiny_model, select_layers, to_float_image)
+from esva.encoders.base import (Batch, CheckpointError, autocast, freeze, layer_names, load_frozen, preprocessor,
+                                resolve_dtype, save_tiny_model, select_layers, to_float_image)
 
 NAME = "eva"
 MODEL_TYPES = ("blip_2_vision_model", "blip-2")
@@ -33,32 +33,30 @@ def tiny_config() -> Blip2VisionConfig:
 
 
 def save_tiny(path: Path, seed: int) -> None:
-    torch.manual_seed(seed)
-    save_tiny_model(Blip2VisionModel(tiny_config()), path, {
+    save_tiny_model(Blip2VisionModel, tiny_config(), path, seed, {
         "image_processor_type": "BlipImageProcessor", "image_mean": list(CLIP_MEAN),
         "image_std": list(CLIP_STD), "size": {"height": 56, "width": 56}})
 
 
-def _load(source: str | Path, cfg, revision: str | None) -> Blip2VisionModel:
+def _load_from_blip2(source: str | Path) -> Blip2VisionModel | None:
+    """The vision tower of a whole local BLIP-2 checkpoint, or None when `source` is not one."""
     src = Path(str(source))
     cfg_file = src / "config.json"
-    if src.is_dir() and cfg_file.exists():
-        with cfg_file.open("r", encoding="utf-8") as fh:
-            full = json.load(fh)
-        if full.get("model_type") == "blip-2":  # a whole BLIP-2: take its vision tower only
-            model = Blip2VisionModel(Blip2VisionConfig(**full["vision_config"]))
-            state = {}
-            for f in sorted(src.glob("*.safetensors")):
-                with safe_open(str(f), framework="pt") as st:
-                    for k in st.keys():
-                        if k.startswith("vision_model."):
-                            state[k[len("vision_model."):]] = st.get_tensor(k)
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            if missing:
-                raise CheckpointError(f"BLIP-2 checkpoint {src} lacks vision weights: {missing[:5]} ...")
-            return model
-    return Blip2VisionModel.from_pretrained(str(source), revision=revision, use_safetensors=True,
-                                            trust_remote_code=cfg.trust_remote_code)
+    if not cfg_file.is_file():
+        return None
+    with cfg_file.open("r", encoding="utf-8") as fh:
+        full = json.load(fh)
+    if full.get("model_type") != "blip-2":
+        return None
+    model = Blip2VisionModel(Blip2VisionConfig(**full["vision_config"]))
+    state = {}
+    for f in sorted(src.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            state.update({k[len("vision_model."):]: st.get_tensor(k) for k in st.keys() if k.startswith("vision_model.")})
+    missing, _ = model.load_state_dict(state, strict=False)
+    if missing:
+        raise CheckpointError(f"BLIP-2 checkpoint {src} lacks vision weights: {missing[:5]} ...")
+    return model
 
 
 def pick_frame(frames: np.ndarray, how: str) -> int:
@@ -79,12 +77,14 @@ class EvaEncoder:
     frame_rate = None  # one vector per clip
 
     def __init__(self, source: str | Path, cfg, revision: str | None = None) -> None:
-        self.model = freeze(_load(source, cfg, revision))
+        tower = _load_from_blip2(source)
+        if tower is None:
+            self.model, self.dtype, pre = load_frozen(Blip2VisionModel, source, cfg, revision)
+        else:
+            self.model = freeze(tower).to(cfg.device)
+            self.dtype, pre = resolve_dtype(cfg.dtype, cfg.device), preprocessor(Path(str(source)))
         self.device = cfg.device
-        self.model.to(self.device)
-        self.dtype = resolve_dtype(cfg.dtype, cfg.device)
         c = self.model.config
-        pre = preprocessor(Path(str(source))) if Path(str(source)).is_dir() else {}
         self.mean = pre.get("image_mean", CLIP_MEAN)
         self.std = pre.get("image_std", CLIP_STD)
         self.size = cfg.image_size or c.image_size

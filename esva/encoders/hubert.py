@@ -8,7 +8,6 @@ models), random weights, saved with save_pretrained and loaded back with from_pr
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 from transformers import HubertConfig, HubertModel
 
-from esva.encoders.base import Batch, autocast, layer_names, load_frozen, select_layers
+from esva.encoders.base import Batch, autocast, layer_names, load_frozen, save_tiny_model, select_layers
 
 NAME = "hubert"
 MODEL_TYPES = ("hubert",)
@@ -34,12 +33,9 @@ def tiny_config() -> HubertConfig:
 
 
 def save_tiny(path: Path, seed: int) -> None:
-    torch.manual_seed(seed)
-    model = HubertModel(tiny_config())
-    model.save_pretrained(path, safe_serialization=True)
-    with (path / "preprocessor_config.json").open("w", encoding="utf-8") as fh:
-        json.dump({"feature_extractor_type": "Wav2Vec2FeatureExtractor", "sampling_rate": SAMPLE_RATE,
-                   "do_normalize": True, "return_attention_mask": True, "feature_size": 1, "padding_value": 0.0}, fh)
+    save_tiny_model(HubertModel, tiny_config(), path, seed, {
+        "feature_extractor_type": "Wav2Vec2FeatureExtractor", "sampling_rate": SAMPLE_RATE, "do_normalize": True,
+        "return_attention_mask": True, "feature_size": 1, "padding_value": 0.0})
 
 
 class HubertEncoder:

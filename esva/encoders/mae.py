@@ -29,8 +29,7 @@ def tiny_config() -> ViTMAEConfig:
 
 
 def save_tiny(path: Path, seed: int) -> None:
-    torch.manual_seed(seed)
-    save_tiny_model(ViTMAEModel(tiny_config()), path, {
+    save_tiny_model(ViTMAEModel, tiny_config(), path, seed, {
         "image_processor_type": "ViTImageProcessor", "image_mean": list(IMAGENET_MEAN),
         "image_std": list(IMAGENET_STD), "size": {"height": 64, "width": 64}})
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from esva.encoders.base import (Batch, CheckpointError, autocast, freeze, layer_names, resolve_dtype, select_layers,
-                                sha256_file)
+from esva.encoders.base import (Batch, CheckpointError, autocast, layer_names, load_frozen, save_tiny_model,
+                                select_layers, sha256_file)
 
 NAME = "text"
 MODEL_TYPES = ("bert",)
@@ -46,8 +46,7 @@ def tiny_config() -> BertConfig:
 
 
 def save_tiny(path: Path, seed: int) -> None:
-    torch.manual_seed(seed)
-    BertModel(tiny_config()).save_pretrained(path, safe_serialization=True)
+    save_tiny_model(BertModel, tiny_config(), path, seed)
     src = minilm_dir()
     for f in TOKENIZER_FILES:
         if (src / f).exists():
@@ -63,11 +62,8 @@ class TextEncoder:
     def __init__(self, source: str | Path, cfg, revision: str | None = None) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(str(source), revision=revision,
                                                        trust_remote_code=cfg.trust_remote_code)
-        self.model = freeze(BertModel.from_pretrained(str(source), revision=revision, use_safetensors=True,
-                                                      trust_remote_code=cfg.trust_remote_code, add_pooling_layer=False))
+        self.model, self.dtype, _ = load_frozen(BertModel, source, cfg, revision, add_pooling_layer=False)
         self.device = cfg.device
-        self.model.to(self.device)
-        self.dtype = resolve_dtype(cfg.dtype, cfg.device)
         self.dim = self.model.config.hidden_size
         self.max_tokens = min(cfg.max_tokens, self.model.config.max_position_embeddings)
         self.layers = layer_names(cfg.layers)

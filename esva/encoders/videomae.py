@@ -30,8 +30,7 @@ def tiny_config() -> VideoMAEConfig:
 
 
 def save_tiny(path: Path, seed: int) -> None:
-    torch.manual_seed(seed)
-    save_tiny_model(VideoMAEModel(tiny_config()), path, {
+    save_tiny_model(VideoMAEModel, tiny_config(), path, seed, {
         "image_processor_type": "VideoMAEImageProcessor", "image_mean": list(IMAGENET_MEAN),
         "image_std": list(IMAGENET_STD), "size": {"shortest_edge": 64}})
 

@@ -11,6 +11,16 @@ from __future__ import annotations
 import numpy as np
 
 
+def offset_errors(truth_ms, estimate_ms, frame_ms: float) -> dict | None:
+    """Mean/median absolute offset error and the shares within one and half a video frame."""
+    err = np.abs(np.asarray(estimate_ms, np.float64) - np.asarray(truth_ms, np.float64))
+    if not len(err):
+        return None
+    return {"n": int(len(err)), "mae_ms": float(err.mean()), "median_ae_ms": float(np.median(err)),
+            "within_one_frame": float((err <= frame_ms).mean()),
+            "within_half_frame": float((err <= frame_ms / 2).mean()), "frame_ms": frame_ms}
+
+
 def audio_energy(audio: np.ndarray, sample_rate: int, fps: float, n_frames: int) -> np.ndarray:
     hop = sample_rate / fps
     out = np.zeros(n_frames, np.float64)

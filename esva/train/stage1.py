@@ -22,6 +22,8 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from esva import LABELS
 from esva.losses import supervised_contrastive, total_loss
+from esva.data.manifest import corpus_of
+from esva.eval.sync import offset_errors
 from esva.models.fusion import FRAME_LEVEL, FusionClassifier
 from esva.models.msfe import receptive_field
 from esva.store import open as open_store
@@ -88,8 +90,7 @@ def load_features(manifest: pd.DataFrame, stores: dict[str, Path], use: tuple[st
             feats[n] = x if n in FRAME_LEVEL else x.reshape(-1)
         off = float(row.offset_ms) if has_offset and row.offset_ms is not None and not pd.isna(row.offset_ms) else None
         clips.append(Clip(cid, lab_index[row.label], str(row.split), off, feats))
-    corpus = ",".join(sorted(set(manifest["dataset"]))) if len(manifest) else "unknown"
-    return FeatureData(clips, dims, rates, "synthetic" if corpus == "synthetic" else corpus, skipped)
+    return FeatureData(clips, dims, rates, corpus_of(manifest["dataset"]), skipped)
 
 
 def check_config(data: FeatureData, use, msfe_cfg, align_cfg) -> None:
@@ -196,16 +197,23 @@ def scores(clips: list[Clip], pred: dict) -> dict | None:
 def alignment_scores(clips: list[Clip], pred: dict, rate: float, fps: float) -> dict | None:
     if "tau_frames" not in pred:
         return None
-    truth = [(c.offset_ms, t) for c, t in zip(clips, pred["tau_frames"]) if c.offset_ms is not None]
-    if not truth:
-        return None
-    gt = np.array([g for g, _ in truth])
-    est = np.array([t for _, t in truth]) * 1000.0 / rate
-    err = np.abs(est - gt)
-    frame_ms = 1000.0 / fps
-    return {"n": int(len(err)), "mae_ms": float(err.mean()), "median_ae_ms": float(np.median(err)),
-            "within_one_frame": float((err <= frame_ms).mean()), "within_half_frame": float((err <= frame_ms / 2).mean()),
-            "frame_ms": frame_ms}
+    pairs = [(c.offset_ms, t * 1000.0 / rate) for c, t in zip(clips, pred["tau_frames"]) if c.offset_ms is not None]
+    return offset_errors([g for g, _ in pairs], [e for _, e in pairs], 1000.0 / fps)
+
+
+@torch.no_grad()
+def _validate(model: FusionClassifier, clips: list[Clip], use, batch_size: int, device, cfgs) -> tuple[dict, float]:
+    """Validation scores and loss from one forward pass per batch."""
+    model.eval()
+    probs, losses = [], []
+    for i in range(0, len(clips), batch_size):
+        batch = _to(collate(clips[i:i + batch_size], use), device)
+        out = model(batch)
+        probs.append(out["logits"].softmax(-1).cpu())
+        if len(batch["clip_ids"]) >= 2:  # the contrastive terms need a pair
+            losses.append(compute_losses(model, out, batch, cfgs)["loss"].item())
+    val = scores(clips, {"probs": torch.cat(probs).numpy()}) or {"weighted_f1": 0.0, "accuracy": 0.0}
+    return val, float(np.mean(losses)) if losses else float("nan")
 
 
 @dataclass
@@ -259,16 +267,9 @@ def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align
             n_batches += 1
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
-        pred = predict(accel.unwrap_model(model), va, use, train_cfg.batch_size, accel.device)
-        val = scores(va, pred) or {"weighted_f1": 0.0, "accuracy": 0.0}
-        with torch.no_grad():
-            model.eval()
-            vl = [compute_losses(accel.unwrap_model(model), model(_to(collate(va[i:i + train_cfg.batch_size], use),
-                                                                      accel.device)),
-                                 _to(collate(va[i:i + train_cfg.batch_size], use), accel.device), cfgs)["loss"].item()
-                  for i in range(0, len(va), train_cfg.batch_size) if len(va[i:i + train_cfg.batch_size]) >= 2]
+        val, val_loss = _validate(accel.unwrap_model(model), va, use, train_cfg.batch_size, accel.device, cfgs)
         rec = {"epoch": epoch, **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()},
-               "val_loss": float(np.mean(vl)) if vl else float("nan"), "val_weighted_f1": val["weighted_f1"],
+               "val_loss": val_loss, "val_weighted_f1": val["weighted_f1"],
                "val_accuracy": val["accuracy"]}
         rec["phase"] = "align_warmup" if warming else "joint"
         history.append(rec)

@@ -44,7 +44,7 @@ def run(cfg: CropConfig, decoded: Path, out: Path, metrics_dir: Path | None = Pa
 
     def detector():
         if not hasattr(local, "det"):
-            local.det = probe_det if threading.current_thread() is threading.main_thread() else make_detector(backend, cfg.device)
+            local.det = make_detector(backend, cfg.device)
         return local.det
 
     def one(cid: str):

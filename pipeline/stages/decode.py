@@ -6,12 +6,12 @@ from pathlib import Path
 
 from esva import __version__
 from esva.config import DecodeConfig, config_hash
-from esva.data.manifest import manifest_fingerprint, read_manifest, video_file
+from esva.data.manifest import corpus_of, manifest_fingerprint, read_manifest, video_file
 from esva.media.decode import decode_clip
 from esva.media.ffmpeg import MediaError, ffmpeg_binary
 from esva.store import FieldSpec, RaggedWriter
 from esva.store import open as open_store
-from pipeline.common import Rate, StageReport, corpus_of, log, ordered_map, progress
+from pipeline.common import Rate, StageReport, log, ordered_map, progress
 
 FIELDS = {
     "audio": FieldSpec("float32", inner=(), chunk_rows=1 << 20, shard_chunks=16),

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from esva import __version__
 from esva.config import config_hash
-from esva.data.manifest import manifest_fingerprint, read_manifest
+from esva.data.manifest import corpus_of, manifest_fingerprint, read_manifest
 from esva.encoders import REGISTRY, load_encoder
 from esva.encoders.engine import feature_fields, run_extraction
 from esva.store import RaggedWriter, StoreError
 from esva.store import open as open_store
-from pipeline.common import Rate, StageReport, corpus_of, log, progress
+from pipeline.common import Rate, StageReport, log, progress
 
 OUTPUT_EXCLUDE = ("batch_budget", "device", "dtype", "max_skip_ratio")  # knobs that do not change what is stored
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from esva import LABELS
 from esva.config import IngestConfig, Source
 from esva.data.adapters import run_adapter
-from esva.data.manifest import to_frame, write_manifest
-from pipeline.common import StageFailed, StageReport, corpus_of, log
+from esva.data.manifest import corpus_of, to_frame, write_manifest
+from pipeline.common import StageFailed, StageReport, log
 
 
 def run(cfg: IngestConfig, sources: tuple[Source, ...], out: Path, metrics_dir: Path | None = Path("metrics")):

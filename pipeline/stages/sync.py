@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from esva.data.manifest import read_manifest
-from esva.eval.sync import audio_energy, mouth_motion, xcorr_offset
+from esva.data.manifest import corpus_of, read_manifest
+from esva.eval.sync import audio_energy, mouth_motion, offset_errors, xcorr_offset
 from esva.store import open as open_store
-from pipeline.common import corpus_of, log
+from pipeline.common import log
 
 
 def run(max_shift: int, decoded: Path, faces: Path, manifest: Path, out: Path) -> dict:
@@ -33,12 +33,8 @@ def run(max_shift: int, decoded: Path, faces: Path, manifest: Path, out: Path) -
         frame_ms = 1000.0 / fps
 
         def summary(split):
-            errs = np.array([abs(est - gt) for s, gt, est in rows.values() if split in (None, s)])
-            if not len(errs):
-                return None
-            return {"n": int(len(errs)), "mae_ms": float(errs.mean()), "median_ae_ms": float(np.median(errs)),
-                    "within_one_frame": float((errs <= frame_ms).mean()),
-                    "within_half_frame": float((errs <= frame_ms / 2).mean()), "frame_ms": frame_ms}
+            picked = [(gt, est) for s, gt, est in rows.values() if split in (None, s)]
+            return offset_errors([g for g, _ in picked], [e for _, e in picked], frame_ms)
 
         result = {"corpus": corpus_of(df["dataset"]), "method": "normalised cross-correlation of audio RMS energy "
                   "and mouth-region motion, argmax over [-K, K] frames, parabola-refined",
