@@ -260,6 +260,81 @@ class TrainConfig(Strict):
     max_skip_ratio: float = Field(0.1, ge=0.0, le=1.0)
 
 
+class LlmConfig(Strict):
+    """The base LLM of stage 2 (`esva lm`). `tiny`: a small LLaMA with random weights and a tokenizer
+    trained on the corpus text, pretrained here as a plain language model on the training split's text
+    (it stands in for the pretrained Llama-2); a local directory or hub id: used as it is."""
+
+    checkpoint: str = "tiny"  # paper: meta-llama/Llama-2-7b-chat-hf
+    revision: str | None = None
+    trust_remote_code: bool = False
+    vocab_size: int = Field(1024, ge=300)  # the tiny preset from here on
+    hidden_size: int = Field(256, ge=16)
+    layers: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(688, ge=16)
+    max_length: int = Field(512, ge=64)  # context (max_position_embeddings)
+    seed: int = 0
+    epochs: int = Field(12, ge=1)  # plain-LM pretraining on the training split's text
+    batch_size: int = Field(16, ge=1)
+    block: int = Field(128, ge=16)  # tokens per pretraining sequence
+    lr: float = Field(1e-3, gt=0)
+    device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _heads(self) -> "LlmConfig":
+        if self.hidden_size % self.heads:
+            raise ValueError(f"llm.hidden_size ({self.hidden_size}) must be divisible by llm.heads ({self.heads})")
+        if self.block > self.max_length:
+            raise ValueError(f"llm.block ({self.block}) must be <= llm.max_length ({self.max_length})")
+        return self
+
+
+class TuneConfig(Strict):
+    """Stage 2: LoRA instruction tuning with projected audio and video tokens (`esva tune`)."""
+
+    seed: int = 0
+    tasks: dict[str, float] = {"emotion": 1.0, "reason": 0.5, "ov": 0.5}  # samples per clip and epoch
+    audio_tokens: int = Field(8, ge=1)  # MSFE output pooled to this many tokens
+    video_tokens: int = Field(8, ge=1)  # the aligned video sequence pooled to this many tokens
+    lora_r: int = Field(64, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    train_stage1: bool = False  # false: MSFE and the aligner stay frozen (their streams are computed once)
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(2, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    grad_checkpointing: bool = False
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the hardware runs it natively
+    device: str = "cpu"
+    max_length: int | None = None  # the context; null: the base LLM's
+    max_new_tokens: int = Field(96, ge=4)  # longest answer (reasons); training answers are cut to it, counted
+    eval_batch_size: int = Field(16, ge=1)
+    max_skip_ratio: float = Field(0.1, ge=0.0, le=1.0)
+
+    @field_validator("lora_targets", mode="before")
+    @classmethod
+    def _targets(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _tasks(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            bad = [k for k in v if k not in ("emotion", "reason", "ov")]
+            if bad:
+                raise ValueError(f"unknown tasks {bad}; choose from ['emotion', 'reason', 'ov']")
+            v = {k: float(x) if isinstance(x, int) and not isinstance(x, bool) else x for k, x in v.items()}
+            if any(isinstance(x, float) and x < 0 for x in v.values()) or not any(
+                    isinstance(x, float) and x > 0 for x in v.values()):
+                raise ValueError(f"tune.tasks weights must be >= 0 with one > 0, got {v}")
+        return v
+
+
 class Params(Strict):
     """The whole params.yaml. Sections for later stages are added by their issues."""
 
@@ -273,6 +348,8 @@ class Params(Strict):
     contrast: ContrastConfig = ContrastConfig()
     align: AlignConfig = AlignConfig()
     train: TrainConfig = TrainConfig()
+    llm: LlmConfig = LlmConfig()
+    tune: TuneConfig = TuneConfig()
 
 
 def _parse_value(raw: str) -> Any:

@@ -49,6 +49,7 @@ def friendly(fn):
         from esva.encoders.base import CheckpointError
         from esva.encoders.engine import FeatureError
         from esva.media.faces import FaceBackendError
+        from esva.models.llm import LlmError
         from esva.train.stage1 import TrainError
         from esva.store import StoreError
         from pipeline.common import StageFailed
@@ -56,7 +57,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except (ConfigError, AdapterError, StoreError, StageFailed, FaceBackendError, FileNotFoundError, ValueError,
-                CheckpointError, FeatureError, TrainError) as exc:
+                CheckpointError, FeatureError, TrainError, LlmError) as exc:
             import os
 
             if os.environ.get("ESVA_DEBUG"):
@@ -165,6 +166,55 @@ def train(out: Annotated[Path, typer.Option(help="model folder (safetensors + re
     from pipeline.stages import train as stage
 
     stage.run(_params(params, set_), manifest, features, out, metrics, variant=variant, reference=reference)
+
+
+@app.command()
+@friendly
+def lm(out: Annotated[Path, typer.Option(help="base LLM folder (tiny: weights + tokenizer; else a pointer)")] = Path("data/models/llm"),
+       manifest: Annotated[Path, typer.Option(help="manifest (the tiny LLM learns the training split's text)")] = Path("data/manifest.parquet"),
+       params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
+    """The base LLM of stage 2 (params `llm`): tiny = tokenizer + small LLaMA pretrained on corpus text."""
+    from pipeline.stages import lm as stage
+
+    stage.run(_params(params, set_).llm, manifest, out, metrics)
+
+
+@app.command()
+@friendly
+def tune(out: Annotated[Path, typer.Option(help="stage-2 folder (peft adapter, projectors, stage-1 copy, config)")] = Path("data/models/stage2"),
+         manifest: Annotated[Path, typer.Option(help="manifest (texts, labels, splits)")] = Path("data/manifest.parquet"),
+         features: Annotated[Path, typer.Option(help="folder of the feature stores")] = Path("data/features"),
+         stage1: Annotated[Path, typer.Option(help="stage-1 model folder")] = Path("data/models/stage1"),
+         llm: Annotated[Path, typer.Option(help="base LLM folder from `esva lm`")] = Path("data/models/llm"),
+         params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
+    """Stage 2: LoRA instruction tuning with projected audio and video tokens (params `tune`)."""
+    from pipeline.stages import tune as stage
+
+    stage.run(_params(params, set_), manifest, features, stage1, llm, out, metrics)
+
+
+@app.command()
+@friendly
+def predict(videos: Annotated[list[Path], typer.Argument(help="video files (any container ffmpeg reads)")],
+            json_: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
+            transcript: Annotated[Optional[list[str]], typer.Option(help="what is said in a video, as FILE=TEXT or TEXT for a single video (repeatable)")] = None,
+            model: Annotated[Path, typer.Option(help="stage-2 folder from `esva tune`")] = Path("data/models/stage2"),
+            llm: Annotated[Path, typer.Option(help="base LLM folder from `esva lm`")] = Path("data/models/llm"),
+            encoders: Annotated[Path, typer.Option(help="encoder checkpoints used for training")] = Path("data/models/encoders"),
+            keep: Annotated[Optional[Path], typer.Option(help="keep the intermediate stores in this folder")] = None,
+            params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Label, explanation and per-modality evidence for raw videos: decode -> crop -> extract -> stage 1 -> stage 2."""
+    from pipeline.stages import predict as stage
+
+    results = stage.run(_params(params, set_), videos, model, llm, encoders, transcripts=stage.parse_transcripts(transcript, videos), workdir=keep)
+    if json_:
+        import json
+
+        typer.echo(json.dumps(results, indent=2, ensure_ascii=False))
+    else:
+        stage.show(results, Console())
+    if results and all(r.get("error") for r in results):
+        raise typer.Exit(1)
 
 
 @app.command("sync-baseline")

@@ -107,11 +107,14 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: 
 
 
 def progress(description: str) -> Progress:
-    """A rich progress bar with count, clips/s and time left (stderr, hidden when not a TTY)."""
+    """A rich progress bar with count, clips/s and time left, on stderr (stdout stays for results,
+    e.g. `esva predict --json`)."""
+    from rich.console import Console
+
     return Progress(
         TextColumn(f"[bold]{description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]} clips/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-        transient=False,
+        transient=False, console=Console(stderr=True),
     )
 
 

@@ -56,9 +56,10 @@ class FeatureData:
         return [c for c in self.clips if c.split == name]
 
 
-def load_features(manifest: pd.DataFrame, stores: dict[str, Path], use: tuple[str, ...]) -> FeatureData:
+def load_features(manifest: pd.DataFrame, stores: dict[str, Path], use: tuple[str, ...],
+                  labelled_only: bool = True) -> FeatureData:
     """Every labelled clip present in all the used stores; frame-level fields for hubert/mae/videomae,
-    the utterance vector for eva and text."""
+    the utterance vector for eva and text. With labelled_only=False, unlabelled clips come too (label -1)."""
     readers = {}
     for name in use:
         path = Path(stores[name])
@@ -77,7 +78,8 @@ def load_features(manifest: pd.DataFrame, stores: dict[str, Path], use: tuple[st
     has_offset = "offset_ms" in manifest.columns
     for row in manifest.itertuples(index=False):
         cid = row.clip_id
-        if row.label is None or (isinstance(row.label, float) and math.isnan(row.label)):
+        unlabelled = row.label is None or (isinstance(row.label, float) and math.isnan(row.label))
+        if unlabelled and labelled_only:
             skipped[cid] = "no_label"
             continue
         missing = [n for n in use if cid not in tables[n]]
@@ -89,7 +91,7 @@ def load_features(manifest: pd.DataFrame, stores: dict[str, Path], use: tuple[st
             x = tables[n][cid].astype(np.float32)
             feats[n] = x if n in FRAME_LEVEL else x.reshape(-1)
         off = float(row.offset_ms) if has_offset and row.offset_ms is not None and not pd.isna(row.offset_ms) else None
-        clips.append(Clip(cid, lab_index[row.label], str(row.split), off, feats))
+        clips.append(Clip(cid, -1 if unlabelled else lab_index[row.label], str(row.split), off, feats))
     return FeatureData(clips, dims, rates, corpus_of(manifest["dataset"]), skipped)
 
 
@@ -291,3 +293,28 @@ def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align
     if best_state is not None:
         final.load_state_dict(best_state)
     return TrainResult(final, history, best_epoch, stopped)
+
+
+def load_stage1(model_dir: Path) -> tuple[FusionClassifier, dict]:
+    """The trained stage-1 model from its folder (model.safetensors + the resolved config.json)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from esva.config import AlignConfig, MsfeConfig, TrainConfig
+
+    model_dir = Path(model_dir)
+    cfg_path, weights = model_dir / "config.json", model_dir / "model.safetensors"
+    for f in (cfg_path, weights):
+        if not f.exists():
+            raise TrainError(f"{f} not found: {model_dir} is not a stage-1 model folder (run `esva train`)")
+    with cfg_path.open("r", encoding="utf-8") as fh:
+        cfg = json.load(fh)
+    if list(cfg.get("labels", [])) != list(LABELS):
+        raise TrainError(f"{cfg_path}: labels {cfg.get('labels')} differ from this code's {list(LABELS)}")
+    model = FusionClassifier(cfg["dims"], cfg["rates"], tuple(cfg["use"]), len(LABELS),
+                             MsfeConfig.model_validate(cfg["msfe"]), AlignConfig.model_validate(cfg["align"]),
+                             TrainConfig.model_validate(cfg["train"]))
+    model.load_state_dict(load_file(str(weights)))
+    model.eval()
+    return model, cfg

@@ -143,3 +143,68 @@ def test_train_and_an_ablation_through_the_cli(chain):
     assert row["variant"] == "no_align" and row["align"] is False and row["corpus"] == "synthetic"
     res = esva("train", "--variant", "nope", "--out", str(d / "x"), *common)
     assert res.exit_code == 2 and "unknown variant 'nope'" in res.output
+
+
+def test_lm_tune_and_predict_on_good_and_bad_files(chain, tmp_path):
+    """The stage-2 commands end to end, then `esva predict` on a fresh synthetic clip (in no manifest)
+    beside files with no audio, no video, no face, no file at all and not a video: each bad file gets
+    its own message, and the good one still gets its label, explanation and evidence."""
+    from tests.conftest import ffmpeg
+
+    d, _ = chain
+    if not (d / "stage1" / "model.safetensors").exists():
+        test_train_and_an_ablation_through_the_cli(chain)
+    p = ["--params", str(ROOT / "params.yaml")]
+    small_lm = ["--set", "llm.vocab_size=320", "--set", "llm.hidden_size=32", "--set", "llm.layers=1", "--set",
+                "llm.heads=2", "--set", "llm.intermediate_size=64", "--set", "llm.epochs=1", "--set", "llm.block=32"]
+    res = esva("lm", *p, *small_lm, "--out", str(d / "llm"), "--manifest", str(d / "manifest.parquet"),
+               "--metrics", str(d / "m"))
+    assert res.exit_code == 0, res.output
+    assert json.loads((d / "m" / "lm.json").read_text())["corpus"] == "synthetic"
+    res = esva("tune", *p, "--set", "tune.epochs=1", "--set", "tune.lora_r=4", "--set", "tune.max_new_tokens=16",
+               "--out", str(d / "stage2"), "--manifest", str(d / "manifest.parquet"), "--features", str(d / "features"),
+               "--stage1", str(d / "stage1"), "--llm", str(d / "llm"), "--metrics", str(d / "m"))
+    assert res.exit_code == 0, res.output
+    summary = json.loads((d / "m" / "tune.json").read_text())
+    assert summary["corpus"] == "synthetic" and summary["clips"]["train"] == 6
+    assert {"adapter_config.json", "adapter_model.safetensors", "projector.safetensors"} <= \
+        {f.name for f in (d / "stage2").iterdir()}
+
+    from pipeline.stages import synth
+    from esva.config import SynthConfig
+
+    synth.run(SynthConfig(n_clips=6, seed=99, workers=1, min_seconds=1.2, max_seconds=1.4, width=160, height=128),
+              tmp_path / "fresh", tmp_path / "fm")
+    good = sorted((tmp_path / "fresh" / "videos").glob("*.mp4"))[0]
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x128:rate=25", "-t", "1.5", "-pix_fmt", "yuv420p",
+           str(tmp_path / "no_audio.mp4"))
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=220:sample_rate=16000", "-t", "1.5", str(tmp_path / "audio_only.m4a"))
+    ffmpeg("-f", "lavfi", "-i", "color=c=gray:size=160x128:rate=25", "-f", "lavfi", "-i",
+           "sine=frequency=220:sample_rate=16000", "-t", "1.5", "-pix_fmt", "yuv420p", "-shortest",
+           str(tmp_path / "no_face.mp4"))
+    (tmp_path / "garbage.mp4").write_text("not a video")
+    files = [good, tmp_path / "no_audio.mp4", tmp_path / "audio_only.m4a", tmp_path / "no_face.mp4",
+             tmp_path / "missing.mp4", tmp_path / "garbage.mp4"]
+    res = esva("predict", *map(str, files), "--json", *p, "--model", str(d / "stage2"), "--llm", str(d / "llm"),
+               "--encoders", str(d / "models"), "--transcript", f"{good.name}=I did not expect that at all.")
+    assert res.exit_code == 0, res.output
+    out = {Path(r["file"]).name: r for r in json.loads(res.stdout)}
+    ok = out[good.name]
+    assert "error" not in ok and set(ok) >= {"label", "answer", "explanation", "ov_labels", "evidence"}
+    assert ok["label"] is None or ok["label"] in ("neutral", "angry", "happy", "sad", "worried", "surprise")
+    assert ok["transcript"] == "I did not expect that at all."
+    ev = ok["evidence"]
+    for head in ("fused", "audio_only", "video_only"):
+        assert abs(sum(ev[head].values()) - 1.0) < 1e-3
+    assert isinstance(ev["offset_ms"], float) and abs(ev["offset_ms"]) <= 1000.0
+    assert "no audio stream" in out["no_audio.mp4"]["error"]
+    assert "no video stream" in out["audio_only.m4a"]["error"]
+    assert "no face" in out["no_face.mp4"]["error"]
+    assert "file not found" in out["missing.mp4"]["error"]
+    assert "cannot read" in out["garbage.mp4"]["error"]
+    # the human-readable form names the label and the evidence; a stage-2 folder that is not one is a clear error
+    res = esva("predict", str(good), *p, "--model", str(d / "stage2"), "--llm", str(d / "llm"), "--encoders",
+               str(d / "models"))
+    assert res.exit_code == 0 and "audio-only" in res.output and "audio-video offset" in res.output, res.output
+    res = esva("predict", str(good), *p, "--model", str(tmp_path), "--llm", str(d / "llm"))
+    assert res.exit_code == 2 and "not a stage-2 model folder" in res.output

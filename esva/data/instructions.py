@@ -1,0 +1,137 @@
+"""Instruction data for stage 2, built from the manifest, and the parsing of generated answers.
+
+Every sample follows one template (DESIGN.md section 4, Emotion-LLaMA's layout):
+
+    <video><VideoHere></video> <feature><FeatureHere></feature> The person in video says: {transcript}. [{task}] {instruction}
+
+Three tasks: `emotion` (target: the label word; the instruction lists the label set), `reason`
+(target: the reasoning text) and `ov` (target: a comma-separated open-vocabulary label list). Each
+task has several phrasings; training draws one per sample (seeded), evaluation picks one per clip
+from a hash of its id, so a run is reproducible and no phrasing is favoured.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from esva import LABELS
+
+TASKS = ("emotion", "reason", "ov")
+
+VIDEO_SLOT = "<VideoHere>"
+FEATURE_SLOT = "<FeatureHere>"
+TEMPLATE = ("<video>" + VIDEO_SLOT + "</video> <feature>" + FEATURE_SLOT
+            + "</feature> The person in video says: {transcript}. [{task}] {instruction}")
+
+PHRASINGS: dict[str, tuple[str, ...]] = {
+    "emotion": (
+        "Which emotion does the person show? Answer with one word from: {labels}.",
+        "Classify the emotion of the person in this video as one of {labels}.",
+        "What is the emotional state of the speaker? Choose one of {labels}.",
+        "Identify the person's emotion. Options: {labels}. Reply with the label only.",
+    ),
+    "reason": (
+        "Explain which audio and visual cues reveal how the person feels.",
+        "Describe the voice, the face and the words, and what they say about the emotion.",
+        "Give the reasons for the emotion you perceive, using the sound and the face.",
+    ),
+    "ov": (
+        "List every emotion word that describes the person, separated by commas.",
+        "Which emotions can you recognise? Give a comma-separated list.",
+        "Name all the emotions the person may feel, as a comma-separated list of words.",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One stage-2 sample: the template's text parts and the answer (empty at inference)."""
+
+    clip_id: str
+    task: str
+    transcript: str
+    instruction: str
+    target: str = ""
+
+
+def instruction_text(task: str, phrasing: int, labels: tuple[str, ...] = LABELS) -> str:
+    if task not in PHRASINGS:
+        raise ValueError(f"unknown task {task!r}; choose from {list(TASKS)}")
+    options = PHRASINGS[task]
+    return options[phrasing % len(options)].format(labels=", ".join(labels))
+
+
+def target_text(row, task: str) -> str | None:
+    """The answer for `task` from a manifest row, or None when the row has nothing to learn from."""
+    if task == "emotion":
+        lab = row.label
+        return str(lab) if isinstance(lab, str) and lab else None
+    if task == "reason":
+        return str(row.reason).strip() or None
+    ov = [str(w).strip().lower() for w in (row.ov_labels if row.ov_labels is not None else []) if str(w).strip()]
+    return ", ".join(dict.fromkeys(ov)) or None
+
+
+def clip_phrasing(clip_id: str) -> int:
+    """The evaluation phrasing of a clip: stable across runs and machines (crc32, not hash())."""
+    return zlib.crc32(clip_id.encode("utf-8"))
+
+
+def training_samples(df: pd.DataFrame, mix: dict[str, float], seed: int, epoch: int,
+                     labels: tuple[str, ...] = LABELS) -> list[Instruction]:
+    """One epoch of samples. `mix[task]` is the expected number of samples per clip and epoch:
+    its integer part is always drawn, its fraction with that probability (seeded by seed and epoch)."""
+    rng = np.random.default_rng([seed, epoch])
+    out: list[Instruction] = []
+    for row in df.itertuples(index=False):
+        for task in TASKS:
+            w = float(mix.get(task, 0.0))
+            n = int(w) + int(rng.random() < (w - int(w)))
+            target = target_text(row, task)
+            for _ in range(n):
+                if target is None:
+                    continue
+                phr = int(rng.integers(len(PHRASINGS[task])))
+                out.append(Instruction(row.clip_id, task, str(row.transcript or ""), instruction_text(task, phr, labels),
+                                       target))
+    order = rng.permutation(len(out))
+    return [out[i] for i in order]
+
+
+def eval_samples(df: pd.DataFrame, task: str, labels: tuple[str, ...] = LABELS,
+                 with_targets: bool = True) -> list[Instruction]:
+    """One sample per clip for `task`, the phrasing chosen by clip id; targets kept for scoring."""
+    out = []
+    for row in df.itertuples(index=False):
+        target = (target_text(row, task) or "") if with_targets else ""
+        out.append(Instruction(row.clip_id, task, str(row.transcript or ""),
+                               instruction_text(task, clip_phrasing(row.clip_id), labels), target))
+    return out
+
+
+_WORD = re.compile(r"[a-z]+(?:[-'][a-z]+)*")
+
+
+def parse_label(answer: str, labels: tuple[str, ...] = LABELS) -> str | None:
+    """The label an answer names, or None when it names none or several different ones.
+
+    Whole words only and case-insensitive; "surprised" is not silently read as "surprise". An answer
+    outside the label set is None, and callers count it as unparseable."""
+    words = _WORD.findall(answer.lower())
+    found = [w for w in words if w in labels]
+    if not found:
+        return None
+    if words and words[0] in labels:  # "happy, because ..." names the label first
+        return words[0]
+    return found[0] if len(set(found)) == 1 else None
+
+
+def parse_ov(answer: str) -> list[str]:
+    """A comma-separated answer as a list of lower-case labels, in order, without duplicates or empties."""
+    items = [re.sub(r"[^a-z' -]", "", part.strip().lower()).strip() for part in re.split(r"[,;\n]", answer)]
+    return list(dict.fromkeys(i for i in items if i))

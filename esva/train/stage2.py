@@ -1,0 +1,334 @@
+"""Stage 2: LoRA instruction tuning of the frozen base LLM on projected audio and video tokens.
+
+The loop is written out and runs under accelerate: gradient accumulation, optional gradient
+checkpointing, bf16 autocast where the hardware runs it natively. Trainable: the projectors, the
+LoRA adapters, and (with `tune.train_stage1`) MSFE and the aligner; the base LLM never changes.
+The loss is next-token cross-entropy on the answer only (labels are -100 on the prompt and on the
+modality tokens). Each epoch is scored on the validation split (answer loss, and label accuracy of
+greedy answers); the best epoch's weights are kept and written as soon as they are found.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from esva import LABELS
+from esva.data.instructions import Instruction, eval_samples, parse_label, training_samples
+from esva.encoders.base import checkpoint_identity, resolve_dtype
+from esva.models.fusion import FusionClassifier
+from esva.models.llm import (LlmError, PromptCodec, add_lora, context_length, greedy_generate, load_base,
+                             resolve_base, splice)
+from esva.models.projector import NEEDS, Projector, stage1_streams
+from esva.train.stage1 import Clip, FeatureData, TrainError, collate, load_stage1
+
+log = logging.getLogger(__name__)
+
+ANSWER_TOKENS = {"emotion": 8, "ov": 24}  # generation budgets; `reason` uses tune.max_new_tokens
+
+
+@dataclass
+class Stage2:
+    """Everything generation needs: stage 1, the projector, the LoRA-wrapped LLM, tokenizer and layout."""
+
+    stage1: FusionClassifier
+    projector: Projector
+    llm: torch.nn.Module
+    tokenizer: object
+    codec: PromptCodec
+    rates: dict[str, float]
+    audio_tokens: int
+    video_tokens: int
+    cache: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    train_stage1: bool = False
+    stats: dict[str, int] = field(default_factory=lambda: {"transcript_cut": 0, "answer_cut": 0})
+
+    # ---- modality tokens
+    def streams(self, clips: list[Clip], grad: bool = False) -> dict[str, torch.Tensor]:
+        """Pooled stage-1 streams for `clips`, batched. Frozen stage 1: computed once per clip and cached."""
+        if grad and self.train_stage1:
+            return stage1_streams(self.stage1, collate(clips, NEEDS), self.rates, self.audio_tokens, self.video_tokens)
+        todo = [c for c in clips if c.clip_id not in self.cache]
+        for i in range(0, len(todo), 32):
+            part = todo[i:i + 32]
+            with torch.no_grad():
+                s = stage1_streams(self.stage1, collate(part, NEEDS), self.rates, self.audio_tokens, self.video_tokens)
+            for j, c in enumerate(part):
+                self.cache[c.clip_id] = {k: v[j].detach() for k, v in s.items()}
+        return {k: torch.stack([self.cache[c.clip_id][k] for c in clips]) for k in self.cache[clips[0].clip_id]}
+
+    def inputs(self, clips: list[Clip], samples: list[Instruction], with_answer: bool, grad: bool = False) -> dict:
+        """The spliced batch: inputs_embeds, attention mask, position ids, labels. One code path for
+        training (with_answer=True) and inference (False)."""
+        enc = [self.codec.encode(s, with_answer) for s in samples]
+        self.stats["transcript_cut"] += sum(e.transcript_cut for e in enc)
+        self.stats["answer_cut"] += sum(e.answer_cut for e in enc)
+        batch = self.codec.collate(enc)
+        video, feature = self.projector(self.streams(clips, grad))
+        embeds = splice(self.llm.get_input_embeddings(), batch["input_ids"], batch["kinds"], video, feature)
+        return {"inputs_embeds": embeds, "attention_mask": batch["attention_mask"],
+                "position_ids": batch["position_ids"], "labels": batch["labels"]}
+
+    def loss(self, clips: list[Clip], samples: list[Instruction], grad: bool = True) -> tuple[torch.Tensor, int]:
+        b = self.inputs(clips, samples, with_answer=True, grad=grad)
+        logits = self.llm(inputs_embeds=b["inputs_embeds"], attention_mask=b["attention_mask"],
+                          position_ids=b["position_ids"]).logits  # (B, T, V)
+        labels = b["labels"][:, 1:]
+        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        return loss, int((labels != -100).sum())
+
+    @torch.no_grad()
+    def generate(self, clips: list[Clip], samples: list[Instruction], batch_size: int,
+                 max_new_tokens: int | None = None, progress: Callable[[int], None] | None = None) -> list[str]:
+        """Greedy answers, batched; the answer budget never exceeds the codec's max_new_tokens."""
+        self.llm.eval()
+        self.projector.eval()
+        self.stage1.eval()
+        n_new = min(max_new_tokens or self.codec.max_new_tokens, self.codec.max_new_tokens)
+        out: list[str] = []
+        for i in range(0, len(samples), batch_size):
+            b = self.inputs(clips[i:i + batch_size], samples[i:i + batch_size], with_answer=False)
+            ids = greedy_generate(self.llm, b["inputs_embeds"], b["attention_mask"], n_new, self.codec.eos_id,
+                                  self.codec.pad_id)
+            out += [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids]
+            if progress:
+                progress(len(ids))
+        return out
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        state = {f"lora.{k}": v.detach().clone() for k, v in get_peft_model_state_dict(self.llm).items()}
+        state.update({f"projector.{k}": v.detach().clone() for k, v in self.projector.state_dict().items()})
+        if self.train_stage1:
+            state.update({f"stage1.{k}": v.detach().clone() for k, v in self.stage1.state_dict().items()})
+        return state
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.llm, {k[5:]: v for k, v in state.items() if k.startswith("lora.")})
+        self.projector.load_state_dict({k[10:]: v for k, v in state.items() if k.startswith("projector.")})
+        if self.train_stage1:
+            self.stage1.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("stage1.")})
+            self.cache.clear()
+
+
+def stream_dims(data: FeatureData, stage1: FusionClassifier) -> dict[str, int]:
+    video = stage1.align_video or "mae"
+    return {"audio": data.dims["hubert"], "video": data.dims[video], "eva": data.dims["eva"],
+            "mae": data.dims["mae"], "videomae": data.dims["videomae"]}
+
+
+def build(stage1_dir: Path, lm_dir: Path, data: FeatureData, cfg) -> Stage2:
+    """A fresh stage 2 for training: stage 1 loaded, base LLM frozen and wrapped with LoRA, new projectors."""
+    stage1, _ = load_stage1(stage1_dir)
+    missing = [n for n in NEEDS if n not in data.dims]
+    if missing:
+        raise TrainError(f"stage 2 needs the feature stores {list(NEEDS)}; {missing} not loaded")
+    source, revision, remote = resolve_base(lm_dir)
+    base, tok = load_base(source, revision, remote)
+    ctx = context_length(base)
+    max_len = cfg.max_length or ctx
+    if max_len > ctx:
+        raise LlmError(f"tune.max_length={max_len} exceeds the base LLM's context of {ctx} tokens ({source})")
+    if cfg.grad_checkpointing:  # transformers 5 renamed it; both recompute activations in the backward pass
+        if hasattr(base, "activation_checkpointing_enable"):
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    llm = add_lora(base, cfg)
+    projector = Projector(stream_dims(data, stage1), base.config.hidden_size)
+    stage1.requires_grad_(cfg.train_stage1)
+    codec = PromptCodec(tok, cfg.video_tokens + 1, cfg.audio_tokens + 2, max_len, cfg.max_new_tokens)
+    return Stage2(stage1, projector, llm, tok, codec, data.rates, cfg.audio_tokens, cfg.video_tokens,
+                  train_stage1=cfg.train_stage1)
+
+
+def label_scores(answers: list[str], truth: list[str]) -> dict:
+    """Label accuracy, weighted F1 (an unparseable answer counts as wrong) and the unparseable share."""
+    from sklearn.metrics import f1_score
+
+    parsed = [parse_label(a) for a in answers]
+    n = len(truth)
+    if not n:
+        return {"n": 0}
+    unparseable = sum(p is None for p in parsed)
+    correct = sum(p == t for p, t in zip(parsed, truth))
+    yp = [p if p is not None else "<unparseable>" for p in parsed]
+    wf1 = f1_score(truth, yp, labels=list(LABELS), average="weighted", zero_division=0)
+    counts = pd.Series(truth).value_counts()
+    return {"n": n, "accuracy": correct / n, "weighted_f1": float(wf1), "unparseable": unparseable,
+            "unparseable_share": unparseable / n, "chance_accuracy": 1.0 / len(LABELS),
+            "majority_class_accuracy": float(counts.iloc[0] / n)}
+
+
+@dataclass
+class TuneResult:
+    model: Stage2
+    history: list[dict]
+    best_epoch: int
+    steps: int
+    tokens: int
+
+
+def _val_samples(df: pd.DataFrame) -> list[Instruction]:
+    return eval_samples(df, "emotion") + [s for s in eval_samples(df, "reason") if s.target]
+
+
+def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cfg,
+         on_step: Callable[[dict], None] | None = None, on_epoch: Callable[[dict], None] | None = None,
+         checkpoint: Callable[[Stage2, int], None] | None = None) -> TuneResult:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)
+    by_id = {c.clip_id: c for c in data.clips}
+    train_df = df[df["clip_id"].isin([c.clip_id for c in data.split("train")])]
+    val_df = df[df["clip_id"].isin([c.clip_id for c in data.split("val")])]
+    if train_df.empty:
+        raise TrainError("stage 2: the training split is empty (no clip with split 'train' has features)")
+    if val_df.empty:
+        val_df = train_df
+    dtype = resolve_dtype(cfg.dtype, cfg.device)
+    accel = Accelerator(cpu=cfg.device == "cpu", mixed_precision="bf16" if dtype == torch.bfloat16 else "no",
+                        gradient_accumulation_steps=cfg.grad_accum)
+    m = build(stage1_dir, lm_dir, data, cfg)
+    params = [p for p in m.llm.parameters() if p.requires_grad] + list(m.projector.parameters())
+    if cfg.train_stage1:
+        params += [p for p in m.stage1.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    m.llm, m.projector, opt = accel.prepare(m.llm, m.projector, opt)
+    val_samples = _val_samples(val_df)
+    val_emotion = eval_samples(val_df, "emotion")
+    history, best, best_state, best_epoch, step, tokens = [], None, None, 0, 0, 0
+    for epoch in range(1, cfg.epochs + 1):
+        m.llm.train()
+        m.projector.train()
+        m.stage1.train(cfg.train_stage1)
+        samples = training_samples(train_df, cfg.tasks, cfg.seed, epoch)
+        losses = []
+        for i in range(0, len(samples), cfg.batch_size):
+            part = samples[i:i + cfg.batch_size]
+            with accel.accumulate(m.llm, m.projector), accel.autocast():
+                loss, n_tok = m.loss([by_id[s.clip_id] for s in part], part)
+                if not torch.isfinite(loss):
+                    raise TrainError(f"stage 2: non-finite loss at epoch {epoch}, step {step}; batch clips "
+                                     f"{[s.clip_id for s in part]}. The last good checkpoint (epoch {best_epoch}) is kept")
+                accel.backward(loss)
+                if accel.sync_gradients:
+                    accel.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                opt.zero_grad()
+            step += 1
+            tokens += n_tok
+            losses.append(float(loss.detach()))
+            if on_step:
+                on_step({"step": step, "train_loss": losses[-1]})
+        val_loss = _mean_loss(m, by_id, val_samples, cfg.eval_batch_size)
+        answers = m.generate([by_id[s.clip_id] for s in val_emotion], val_emotion, cfg.eval_batch_size,
+                             ANSWER_TOKENS["emotion"])
+        val = label_scores(answers, [s.target for s in val_emotion])
+        rec = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+               "val_accuracy": val["accuracy"], "val_unparseable_share": val["unparseable_share"]}
+        history.append(rec)
+        if on_epoch:
+            on_epoch(rec)
+        key = (val["accuracy"], -val_loss)
+        if best is None or key > best:
+            best, best_epoch, best_state = key, epoch, m.trainable_state()
+            if checkpoint:
+                checkpoint(m, epoch)
+    if best_state is not None:
+        m.load_trainable_state(best_state)
+    m.llm, m.projector = accel.unwrap_model(m.llm), accel.unwrap_model(m.projector)
+    return TuneResult(m, history, best_epoch, step, tokens)
+
+
+@torch.no_grad()
+def _mean_loss(m: Stage2, by_id: dict[str, Clip], samples: list[Instruction], batch_size: int) -> float:
+    m.llm.eval()
+    m.projector.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(samples), batch_size):
+        part = samples[i:i + batch_size]
+        loss, n = m.loss([by_id[s.clip_id] for s in part], part, grad=False)
+        total, count = total + float(loss) * n, count + n
+    return total / max(count, 1)
+
+
+# ----------------------------------------------------------------------------- save / load
+
+def save(m: Stage2, out: Path, resolved: dict, stage1_dir: Path) -> None:
+    """The peft adapter (adapter_config.json + adapter_model.safetensors), projector.safetensors, the
+    stage-1 model it reads (stage1/), and the resolved config, into `out`."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    m.llm.save_pretrained(str(out))
+    (out / "README.md").unlink(missing_ok=True)  # peft's model-card stub; config.json says how it was made
+    save_file({k: v.detach().cpu().contiguous() for k, v in m.projector.state_dict().items()},
+              str(out / "projector.safetensors"))
+    s1 = out / "stage1"
+    s1.mkdir(exist_ok=True)
+    with (Path(stage1_dir) / "config.json").open("r", encoding="utf-8") as fh:
+        s1_cfg = json.load(fh)
+    if m.train_stage1:
+        save_file({k: v.detach().cpu().contiguous() for k, v in m.stage1.state_dict().items()},
+                  str(s1 / "model.safetensors"))
+    else:
+        shutil.copyfile(Path(stage1_dir) / "model.safetensors", s1 / "model.safetensors")
+    with (s1 / "config.json").open("w", encoding="utf-8") as fh:
+        json.dump(s1_cfg, fh, indent=2)
+    cfg = {**resolved, "hidden_size": m.projector.hidden_size, "stream_dims": m.projector.dims,
+           "rates": m.rates, "audio_tokens": m.audio_tokens, "video_tokens": m.video_tokens,
+           "max_length": m.codec.max_length, "max_new_tokens": m.codec.max_new_tokens}
+    with (out / "config.json").open("w", encoding="utf-8") as fh:
+        json.dump(cfg, fh, indent=2, default=str)
+
+
+def load(model_dir: Path, lm_dir: Path) -> Stage2:
+    """A saved stage 2 for generation, in a fresh process: base LLM from `lm_dir`, the adapter through
+    `PeftModel.from_pretrained`, the projectors and stage 1 from `model_dir`."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    cfg_path = model_dir / "config.json"
+    for f in (cfg_path, model_dir / "adapter_config.json", model_dir / "projector.safetensors"):
+        if not f.exists():
+            raise TrainError(f"{f} not found: {model_dir} is not a stage-2 model folder (run `esva tune`)")
+    with cfg_path.open("r", encoding="utf-8") as fh:
+        cfg = json.load(fh)
+    source, revision, remote = resolve_base(lm_dir)
+    base, tok = load_base(source, revision, remote)
+    proj_state = load_file(str(model_dir / "projector.safetensors"))
+    saved = int(proj_state["proj.audio.1.weight"].shape[0])
+    have = int(base.config.hidden_size)
+    if have != saved or have != int(cfg["hidden_size"]):
+        raise LlmError(f"the base LLM {source!r} has hidden size {have}, but the projectors in {model_dir} were "
+                       f"trained for hidden size {saved}; use the base model the adapter was tuned on "
+                       f"({cfg.get('base', {}).get('checkpoint')!r})")
+    ident = checkpoint_identity(source, revision)
+    want = cfg.get("base", {}).get("identity")
+    if want and ident != want:
+        log.warning("the base LLM %s (identity %s) differs from the one the adapter was tuned on (%s)", source, ident, want)
+    llm = PeftModel.from_pretrained(base, str(model_dir))
+    llm.eval()
+    projector = Projector(cfg["stream_dims"], have)
+    projector.load_state_dict(proj_state)
+    projector.eval()
+    stage1, _ = load_stage1(model_dir / "stage1")
+    codec = PromptCodec(tok, cfg["video_tokens"] + 1, cfg["audio_tokens"] + 2, cfg["max_length"], cfg["max_new_tokens"])
+    return Stage2(stage1, projector, llm, tok, codec, cfg["rates"], cfg["audio_tokens"], cfg["video_tokens"])
+
