@@ -16,7 +16,6 @@ stored features against the naive float32 ones. Writes metrics/bench_extract.jso
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import HubertConfig, HubertModel
+
+from benchmarks.report import write_result
 
 from esva.config import HubertFeatures, SynthConfig
 from esva.data.synthetic import sample_spec, synth_audio
@@ -159,12 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         "naive_fraction_of_matmul": round(flops / t_naive / 1e9 / mm, 3),
         "min_frame_cosine_vs_naive_fp32": round(min(cos), 5),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=2)
-        fh.write("\n")
-    print(json.dumps(result, indent=2))
-    return result
+    return write_result(result, args.out)
 
 
 if __name__ == "__main__":

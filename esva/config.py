@@ -302,7 +302,7 @@ class TuneConfig(Strict):
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     train_stage1: bool = False  # false: MSFE and the aligner stay frozen (their streams are computed once)
-    epochs: int = Field(12, ge=1)
+    epochs: int = Field(20, ge=1)
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(2, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -335,6 +335,32 @@ class TuneConfig(Strict):
         return v
 
 
+class EvalSplit(Strict):
+    source: str = "synthetic"  # a data.sources name (the manifest's `dataset`)
+    split: str = "test"
+
+
+class JudgeConfig(Strict):
+    """An optional OpenAI-compatible judge for EMER (never used unless base_url and model are set)."""
+
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = Field(60.0, gt=0)
+
+
+class EvaluateConfig(Strict):
+    """`esva evaluate`: which split each benchmark's metric is computed on (paper: MER2023 test3,
+    MER2024 OV, EMER), the OV synonym grouping, and the optional EMER judge."""
+
+    mer: EvalSplit = EvalSplit()  # discrete labels -> metrics/mer2023.json
+    ov: EvalSplit = EvalSplit()  # open vocabulary -> metrics/mer2024_ov.json
+    emer: EvalSplit = EvalSplit()  # explanations -> metrics/emer.json
+    grouping: str | None = None  # a synonym grouping file; null: the offline table
+    batch_size: int = Field(16, ge=1)
+    judge: JudgeConfig = JudgeConfig()
+
+
 class Params(Strict):
     """The whole params.yaml. Sections for later stages are added by their issues."""
 
@@ -350,6 +376,7 @@ class Params(Strict):
     train: TrainConfig = TrainConfig()
     llm: LlmConfig = LlmConfig()
     tune: TuneConfig = TuneConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
 
 def _parse_value(raw: str) -> Any:

@@ -49,6 +49,9 @@ def friendly(fn):
         from esva.encoders.base import CheckpointError
         from esva.encoders.engine import FeatureError
         from esva.media.faces import FaceBackendError
+        from esva.eval.judge import JudgeError
+        from esva.eval.metrics import EvalError
+        from esva.eval.synonyms import GroupingError
         from esva.models.llm import LlmError
         from esva.train.stage1 import TrainError
         from esva.store import StoreError
@@ -57,7 +60,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except (ConfigError, AdapterError, StoreError, StageFailed, FaceBackendError, FileNotFoundError, ValueError,
-                CheckpointError, FeatureError, TrainError, LlmError) as exc:
+                CheckpointError, FeatureError, TrainError, LlmError, EvalError, GroupingError, JudgeError) as exc:
             import os
 
             if os.environ.get("ESVA_DEBUG"):
@@ -215,6 +218,39 @@ def predict(videos: Annotated[list[Path], typer.Argument(help="video files (any 
         stage.show(results, Console())
     if results and all(r.get("error") for r in results):
         raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def evaluate(out: Annotated[Path, typer.Option(help="folder for mer2023.json, mer2024_ov.json, emer.json, plots")] = Path("metrics"),
+             manifest: Annotated[Path, typer.Option(help="manifest (gold labels, splits)")] = Path("data/manifest.parquet"),
+             features: Annotated[Path, typer.Option(help="folder of the feature stores")] = Path("data/features"),
+             model: Annotated[Path, typer.Option(help="stage-2 folder from `esva tune`")] = Path("data/models/stage2"),
+             llm: Annotated[Path, typer.Option(help="base LLM folder from `esva lm`")] = Path("data/models/llm"),
+             predictions_dir: Annotated[Path, typer.Option("--predictions-dir", help="where generated predictions go (parquet)")] = Path("data/predictions"),
+             predictions: Annotated[Optional[Path], typer.Option(help="score this file (clip_id, answer) instead of generating; needs --task")] = None,
+             task: Annotated[Optional[str], typer.Option(help="mer, ov or emer (with --predictions)")] = None,
+             params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Generate on each evaluation split and score it as the benchmarks do (params `evaluate`)."""
+    from esva.config import ConfigError
+    from pipeline.stages import evaluate as stage
+
+    if (predictions is None) != (task is None):
+        raise ConfigError("--predictions and --task go together")
+    if task is not None and task not in stage.TASKS:
+        raise ConfigError(f"--task must be one of {list(stage.TASKS)}, got {task!r}")
+    stage.run(_params(params, set_), manifest, features, model, llm, out, predictions_dir,
+              roles=(task,) if task else ("mer", "ov", "emer"), predictions=predictions)
+
+
+@app.command()
+@friendly
+def report(out: Annotated[Path, typer.Option(help="the tables, as Markdown")] = Path("metrics/tables.md"),
+           metrics: MetricsOpt = Path("metrics")) -> None:
+    """Assemble the paper's Tables 2-7 from the metrics files, beside the paper's published numbers."""
+    from pipeline.stages import report as stage
+
+    stage.run(metrics, out)
 
 
 @app.command("sync-baseline")

@@ -26,3 +26,19 @@ def test_flop_count_matches_a_hand_count():
     # 100 samples -> (100 - 10) // 5 + 1 = 19 frames; conv 19*4*1*10 = 760 MACs; projection 19*4*8 = 608;
     # pos conv 19*8*8*4/2 = 2432; layer 19*(4*64 + 2*8*16) + 2*19*19*8 = 19*512 + 5776 = 15504
     assert hubert_flops(c, 100) == 2 * (760 + 608 + 2432 + 15504)
+
+
+def test_tune_benchmark_smoke(tmp_path):
+    """Tiny sizes, plus one layer of the 7B architecture on the CPU so its code path runs here too."""
+    from benchmarks.tune import main
+
+    out = tmp_path / "bench.json"
+    res = main(["--steps", "1", "--batch", "3", "--new-tokens", "4", "--tiny-hidden", "32", "--tiny-layers", "1",
+                "--force-big", "--big-layers", "1", "--big-seq", "8", "--device", "cpu", "--out", str(out)])
+    assert json.loads(out.read_text()) == res
+    tiny = res["tiny"]
+    assert tiny["train"]["tokens_per_second"] > 0 and tiny["train_grad_checkpointing"]["tokens_per_second"] > 0
+    # batched left-padded decoding gives each row what it gets alone
+    assert tiny["generation"]["rows_identical_batched_vs_single"] == 1.0
+    big = res["llama2_7b"]
+    assert big["config"]["hidden_size"] == 4096 and big["train_grad_checkpointing"]["seconds_per_step"] > 0

@@ -23,7 +23,7 @@ def esva(*args: str, cwd: Path | None = None):
 def test_help_lists_every_stage():
     res = esva("--help")
     assert res.exit_code == 0
-    for cmd in ("synth", "ingest", "decode", "crop", "extract"):
+    for cmd in ("synth", "ingest", "decode", "crop", "extract", "train", "lm", "tune", "evaluate", "predict"):
         assert cmd in res.output
         sub = esva(cmd, "--help")
         assert sub.exit_code == 0 and "--params" in sub.output and "--set" in sub.output
@@ -169,6 +169,40 @@ def test_lm_tune_and_predict_on_good_and_bad_files(chain, tmp_path):
     assert summary["corpus"] == "synthetic" and summary["clips"]["train"] == 6
     assert {"adapter_config.json", "adapter_model.safetensors", "projector.safetensors"} <= \
         {f.name for f in (d / "stage2").iterdir()}
+
+    # evaluate on the training split (the six clips have no test split), then the report
+    on_train = [x for r in ("mer", "ov", "emer") for x in ("--set", f"evaluate.{r}.split=train")]
+    ev = ["--manifest", str(d / "manifest.parquet"), "--features", str(d / "features"), "--model", str(d / "stage2"),
+          "--llm", str(d / "llm"), "--predictions-dir", str(d / "pred")]
+    res = esva("evaluate", *p, *on_train, *ev, "--out", str(d / "m"))
+    assert res.exit_code == 0, res.output
+    mer = json.loads((d / "m" / "mer2023.json").read_text())
+    assert mer["corpus"] == "synthetic" and mer["split"] == "synthetic:train" and mer["n"] == 6
+    assert 0 <= mer["weighted_f1"] <= 1 and 0 <= mer["invalid"] <= 6
+    ov = json.loads((d / "m" / "mer2024_ov.json").read_text())
+    assert ov["grouping"] == "esva-offline-v1" and 0 <= ov["avg"] <= 1
+    emer = json.loads((d / "m" / "emer.json").read_text())
+    assert 0 <= emer["clue_overlap_proxy"] <= 10 and 0 <= emer["label_overlap_proxy"] <= 10
+    assert (d / "m" / "confusion_mer2023.png").stat().st_size > 0
+    import pandas as pd
+
+    preds = pd.read_parquet(d / "pred" / "mer2023.parquet")
+    assert len(preds) == 6 and {"clip_id", "answer", "label"} <= set(preds.columns)
+    res = esva("evaluate", *p, *ev, "--out", str(d / "m2"))  # the default test split is empty here
+    assert res.exit_code == 2 and "split synthetic:test is empty" in res.output, res.output
+    preds.iloc[1:].assign(clip_id=lambda f: f["clip_id"].where(f.index != 2, "nope")).to_csv(d / "bad.csv", index=False)
+    res = esva("evaluate", *p, *on_train, *ev, "--out", str(d / "m2"), "--predictions", str(d / "bad.csv"), "--task", "mer")
+    assert res.exit_code == 2 and "missing 2" in res.output and "extra 1: ['nope']" in res.output, res.output
+    preds.to_csv(d / "good.csv", index=False)
+    res = esva("evaluate", *p, *on_train, *ev, "--out", str(d / "m2"), "--predictions", str(d / "good.csv"), "--task", "mer")
+    assert res.exit_code == 0, res.output
+    assert json.loads((d / "m2" / "mer2023.json").read_text())["weighted_f1"] == mer["weighted_f1"]
+    res = esva("report", "--metrics", str(d / "m"), "--out", str(d / "m" / "tables.md"))
+    assert res.exit_code == 0, res.output
+    tables = (d / "m" / "tables.md").read_text()
+    for t in range(2, 8):
+        assert f"## Table {t}:" in tables
+    assert "synthetic" in tables and "0.9074" in tables  # this run's corpus, and the paper's column
 
     from pipeline.stages import synth
     from esva.config import SynthConfig

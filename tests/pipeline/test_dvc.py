@@ -14,7 +14,7 @@ from esva.config import Params
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("synth", "ingest", "decode", "crop", "extract@hubert", "extract@mae", "extract@videomae", "extract@eva",
-          "extract@text", "sync-baseline", "train", "lm", "tune")
+          "extract@text", "sync-baseline", "train", "lm", "tune", "evaluate", "report")
 
 
 def _dvc():
@@ -34,7 +34,7 @@ def _key_exists(key: str) -> bool:
 def test_every_stage_is_an_esva_command_with_real_deps_and_params():
     stages = _dvc()["stages"]
     assert list(stages)[:4] == ["synth", "ingest", "decode", "crop"]
-    assert {"extract", "sync-baseline", "train", "lm", "tune", "ablate"} <= set(stages)
+    assert {"extract", "sync-baseline", "train", "lm", "tune", "evaluate", "report", "ablate"} <= set(stages)
     for name, st in stages.items():
         if "foreach" in st:
             items = st["foreach"].items() if isinstance(st["foreach"], dict) else [(i, i) for i in st["foreach"]]
@@ -86,6 +86,7 @@ def dvc_repo(tmp_path, monkeypatch):
     with (ROOT / "dvc.yaml").open() as fh:
         dag = yaml.safe_load(fh)
     dag["stages"].pop("ablate")  # 17 more trainings: covered by their own smoke test
+    dag["stages"]["report"]["deps"] = [d for d in dag["stages"]["report"]["deps"] if not d.startswith("metrics/ablation/")]
     (repo / "dvc.yaml").write_text(yaml.safe_dump(dag, sort_keys=False))
     with (ROOT / "params.yaml").open() as fh:
         params = yaml.safe_load(fh)
@@ -95,6 +96,8 @@ def dvc_repo(tmp_path, monkeypatch):
     params["msfe"].update(scales=2)
     params["llm"].update(vocab_size=320, hidden_size=32, layers=1, heads=2, intermediate_size=64, epochs=1, block=32)
     params["tune"].update(epochs=1, lora_r=4, audio_tokens=2, video_tokens=2, max_new_tokens=16)
+    for role in ("mer", "ov", "emer"):  # twelve clips leave the test split nearly empty
+        params["evaluate"][role]["split"] = "train"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / ".gitignore").write_text("/data/\n__pycache__/\n")
     env = dict(os.environ, DVC_NO_ANALYTICS="1", DVC_SITE_CACHE_DIR=str(tmp_path / "site"),
@@ -120,12 +123,17 @@ def test_repro_then_nothing_to_do_and_only_downstream_reruns(dvc_repo):
     assert first.returncode == 0, first.stdout + first.stderr
     assert _ran(first.stdout) == set(STAGES)
     for stage in STAGES:
-        if stage != "sync-baseline":
+        if stage not in ("sync-baseline", "evaluate", "report"):
             assert (repo / "metrics" / f"{stage.replace('@', '_')}.json").exists(), stage
     assert json.loads((repo / "metrics" / "train.json").read_text())["corpus"] == "synthetic"
     assert json.loads((repo / "metrics" / "alignment.json").read_text())["corpus"] == "synthetic"
     assert json.loads((repo / "metrics" / "tune.json").read_text())["corpus"] == "synthetic"
     assert (repo / "data" / "models" / "stage2" / "adapter_model.safetensors").exists()
+    for name in ("mer2023", "mer2024_ov", "emer"):
+        assert json.loads((repo / "metrics" / f"{name}.json").read_text())["corpus"] == "synthetic"
+    assert "synthetic" in (repo / "metrics" / "tables.md").read_text()
+    shown = run("metrics", "show", "--json")
+    assert shown.returncode == 0 and "mer2024_ov.json" in shown.stdout, shown.stdout + shown.stderr
     second = run("repro")
     assert second.returncode == 0 and _ran(second.stdout) == set(), second.stdout
     git("add", "-A")
@@ -133,7 +141,7 @@ def test_repro_then_nothing_to_do_and_only_downstream_reruns(dvc_repo):
     # an ablation through dvc exp: an msfe change reruns training only, never decode/crop/extract
     exp = run("exp", "run", "-S", "msfe.scales=1")
     assert exp.returncode == 0, exp.stdout + exp.stderr
-    assert _ran(exp.stdout) == {"train", "tune"}, exp.stdout
+    assert _ran(exp.stdout) == {"train", "tune", "evaluate", "report"}, exp.stdout
     shown = run("exp", "show", "--json")
     assert shown.returncode == 0
     scales = list(_find(json.loads(shown.stdout), "msfe"))
@@ -144,14 +152,14 @@ def test_repro_then_nothing_to_do_and_only_downstream_reruns(dvc_repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = run("repro")
     assert third.returncode == 0, third.stdout + third.stderr
-    assert _ran(third.stdout) == {"extract@mae", "train", "tune"}
+    assert _ran(third.stdout) == {"extract@mae", "train", "tune", "evaluate", "report"}
     # a crop change reruns crop and what reads faces, never decode, the audio or the text encoder
     params["crop"]["margin"] = 0.3
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     fourth = run("repro")
     assert fourth.returncode == 0, fourth.stdout + fourth.stderr
     assert _ran(fourth.stdout) == {"crop", "extract@mae", "extract@videomae", "extract@eva", "sync-baseline", "train",
-                                   "tune"}
+                                   "tune", "evaluate", "report"}
 
 
 def test_ablation_stage_lists_every_variant():

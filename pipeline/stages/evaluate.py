@@ -1,0 +1,206 @@
+"""`esva evaluate`: generation on each configured evaluation split, scored as the benchmarks define it.
+
+Writes metrics/mer2023.json (discrete labels), metrics/mer2024_ov.json (open vocabulary),
+metrics/emer.json (explanations; offline proxies unless a judge is configured), each stating its
+corpus and split; the predictions as parquet under data/predictions/; the MER confusion matrix as a
+DVC plot (metrics/plots/confusion_mer2023.csv) and a PNG. With `--predictions FILE --task T`, scores an
+existing predictions file (columns clip_id, answer) instead of generating.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from esva import LABELS, __version__
+from esva.config import EvalSplit, Params
+from esva.data.instructions import eval_samples, parse_label, parse_ov
+from esva.data.manifest import corpus_of, read_manifest
+from esva.eval.metrics import EvalError, clue_overlap_proxy, discrete_scores, label_overlap_proxy, match_ids, ov_scores
+from esva.eval.synonyms import load_grouping, offline
+from esva.models.projector import NEEDS
+from esva.train.stage1 import load_features
+from esva.train.stage2 import ANSWER_TOKENS, load
+from pipeline.common import log
+
+TASKS = {"mer": ("emotion", "mer2023"), "ov": ("ov", "mer2024_ov"), "emer": ("reason", "emer")}
+
+
+def split_rows(df: pd.DataFrame, role: str, where: EvalSplit) -> pd.DataFrame:
+    """The clips of one evaluation role that have something to score; an empty split is an error naming it."""
+    rows = df[(df["dataset"] == where.source) & (df["split"].astype(str) == where.split)]
+    if role == "mer":
+        rows = rows[rows["label"].notna() & (rows["label"].astype(str) != "")]
+    elif role == "ov":
+        rows = rows[rows["ov_labels"].map(len) > 0]
+    else:
+        rows = rows[rows["reason"].astype(str).str.strip() != ""]
+    if rows.empty:
+        have = sorted(df.loc[df["dataset"] == where.source, "split"].astype(str).unique())
+        raise EvalError(f"evaluate.{role}: split {where.source}:{where.split} is empty (no clip with "
+                        f"{'a label' if role == 'mer' else 'open-vocabulary labels' if role == 'ov' else 'a reason'}); "
+                        f"splits of {where.source!r}: {have}")
+    return rows
+
+
+def score(role: str, preds: pd.DataFrame, gold: pd.DataFrame, grouping, embed=None, judge=None) -> dict:
+    """Metrics for one role from a predictions frame (clip_id, answer) and the gold manifest rows."""
+    match_ids(preds["clip_id"], gold["clip_id"], f"evaluate.{role}")
+    p = preds.set_index("clip_id").loc[list(gold["clip_id"])]
+    answers = [str(a) for a in p["answer"]]
+    if role == "mer":
+        vp = p["valence"].tolist() if "valence" in p.columns else None
+        return discrete_scores(list(gold["label"]), [parse_label(a) for a in answers], LABELS,
+                               list(gold["valence"]) if vp is not None else None, vp)
+    if role == "ov":
+        return ov_scores([list(v) for v in gold["ov_labels"]], [parse_ov(a) for a in answers], grouping)
+    refs = [str(r) for r in gold["reason"]]
+    gold_labels = [list(v) + ([lab] if isinstance(lab, str) and lab else []) for v, lab in zip(gold["ov_labels"], gold["label"])]
+    out = {"label_overlap_proxy": label_overlap_proxy(gold_labels, answers, grouping)["label_overlap_proxy"],
+           "clue_overlap_proxy": clue_overlap_proxy(refs, answers, embed)["clue_overlap_proxy"] if embed else None,
+           "proxy_note": "offline proxies, not EMER's ChatGPT judge: label overlap from emotion words "
+                         f"({grouping.name} lexicon), clue overlap = 10 x cosine of all-MiniLM-L6-v2 embeddings",
+           "n": len(gold), "empty_explanations": sum(not a.strip() for a in answers)}
+    if judge is not None:
+        from esva.eval.judge import JudgeError
+
+        scores, failed = [], 0
+        for ref, ans in zip(refs, answers):
+            try:
+                scores.append(judge.score(ref, ans))
+            except JudgeError as exc:
+                failed += 1
+                log.warning("judge: %s", exc)
+        if scores:
+            out["clue_overlap_judge"] = sum(s[0] for s in scores) / len(scores)
+            out["label_overlap_judge"] = sum(s[1] for s in scores) / len(scores)
+        out.update(judge_model=judge.model, judge_failed=failed)
+    return out
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"predictions file not found: {path}")
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    missing = [c for c in ("clip_id", "answer") if c not in df.columns]
+    if missing:
+        raise EvalError(f"{path}: predictions need the columns clip_id and answer; missing {missing}")
+    df["clip_id"] = df["clip_id"].astype(str)
+    df["answer"] = df["answer"].fillna("").astype(str)
+    return df
+
+
+def run(p: Params, manifest: Path, features_dir: Path, model_dir: Path, lm_dir: Path, out: Path = Path("metrics"),
+        predictions_dir: Path = Path("data/predictions"), roles: tuple[str, ...] = ("mer", "ov", "emer"),
+        predictions: Path | None = None) -> dict:
+    cfg = p.evaluate
+    df = read_manifest(manifest)
+    grouping = load_grouping(cfg.grouping) if cfg.grouping else offline()
+    judge = None
+    if cfg.judge.base_url and cfg.judge.model:
+        from esva.eval.judge import Judge
+
+        judge = Judge(cfg.judge.base_url, cfg.judge.model, cfg.judge.api_key_env, cfg.judge.timeout_s)
+    gold = {r: split_rows(df, r, getattr(cfg, r)) for r in roles}
+    embed = None
+    if "emer" in roles:
+        from esva.eval.embed import SentenceEmbedder
+
+        embed = SentenceEmbedder()
+    preds: dict[str, pd.DataFrame] = {}
+    if predictions is not None:
+        if len(roles) != 1:
+            raise EvalError("--predictions scores one task at a time: give --task mer, ov or emer")
+        preds[roles[0]] = read_predictions(predictions)
+    else:
+        preds = generate(p, df, gold, features_dir, model_dir, lm_dir)
+        predictions_dir = Path(predictions_dir)
+        predictions_dir.mkdir(parents=True, exist_ok=True)
+        for role, frame in preds.items():
+            frame.to_parquet(predictions_dir / f"{TASKS[role][1]}.parquet", index=False)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for role in roles:
+        where = getattr(cfg, role)
+        res = score(role, preds[role], gold[role], grouping, embed, judge)
+        corpus = corpus_of(gold[role]["dataset"])
+        res = {"corpus": corpus, "split": f"{where.source}:{where.split}",
+               "note": "synthetic corpus: not a result on the real benchmark" if corpus == "synthetic" else None,
+               "benchmark": {"mer": "MER2023 discrete (weighted F1 official)", "ov": "MER2024-OV",
+                             "emer": "EMER"}[role],
+               "source": "generated by esva evaluate" if predictions is None else f"file {predictions}",
+               "code_version": __version__, **res}
+        if role == "ov":
+            res["grouping"] = grouping.name
+        name = TASKS[role][1]
+        with (out / f"{name}.json").open("w", encoding="utf-8") as fh:
+            json.dump(res, fh, indent=2)
+            fh.write("\n")
+        if role == "mer":
+            confusion_outputs(gold[role], preds[role], out)
+        results[role] = res
+        log.info("evaluate %s on %s (%s): %s", name, res["split"], corpus,
+                 ", ".join(f"{k}={v:.4f}" for k, v in res.items() if isinstance(v, float)))
+    return results
+
+
+def generate(p: Params, df: pd.DataFrame, gold: dict[str, pd.DataFrame], features_dir: Path, model_dir: Path,
+             lm_dir: Path) -> dict[str, pd.DataFrame]:
+    m = load(model_dir, lm_dir)
+    ids = sorted(set().union(*[set(g["clip_id"]) for g in gold.values()]))
+    sub = df[df["clip_id"].isin(ids)]
+    data = load_features(sub, {n: Path(features_dir) / f"{n}.zarr" for n in NEEDS}, NEEDS, labelled_only=False)
+    by_id = {c.clip_id: c for c in data.clips}
+    out = {}
+    for role, rows in gold.items():
+        task = TASKS[role][0]
+        samples = eval_samples(rows, task, with_targets=False)
+        lost = [s.clip_id for s in samples if s.clip_id not in by_id]
+        if lost:
+            raise EvalError(f"evaluate.{role}: {len(lost)} clips have no features ({lost[:10]}); run `dvc repro`")
+        answers = m.generate([by_id[s.clip_id] for s in samples], samples, p.evaluate.batch_size, ANSWER_TOKENS.get(task))
+        frame = pd.DataFrame({"clip_id": [s.clip_id for s in samples], "task": task,
+                              "instruction": [s.instruction for s in samples], "answer": answers})
+        if task == "emotion":
+            frame["label"] = [parse_label(a) for a in answers]
+        elif task == "ov":
+            frame["ov_labels"] = [parse_ov(a) for a in answers]
+        out[role] = frame
+    return out
+
+
+def confusion_outputs(gold: pd.DataFrame, preds: pd.DataFrame, out: Path) -> None:
+    """metrics/plots/confusion_mer2023.csv (actual, predicted; DVC's confusion template) and a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    p = preds.set_index("clip_id").loc[list(gold["clip_id"])]
+    predicted = [parse_label(str(a)) or "invalid" for a in p["answer"]]
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"actual": list(gold["label"]), "predicted": predicted}).to_csv(
+        out / "plots" / "confusion_mer2023.csv", index=False)
+    cols = list(LABELS) + (["invalid"] if "invalid" in predicted else [])
+    mat = np.zeros((len(LABELS), len(cols)), dtype=int)
+    for a, b in zip(gold["label"], predicted):
+        mat[LABELS.index(a), cols.index(b)] += 1
+    fig, ax = plt.subplots(figsize=(1.1 * len(cols) + 2, 1.1 * len(LABELS) + 1.5))
+    ax.imshow(mat, cmap="Blues")
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+    ax.set_yticks(range(len(LABELS)), LABELS)
+    for i in range(mat.shape[0]):
+        for j in range(mat.shape[1]):
+            ax.text(j, i, str(mat[i, j]), ha="center", va="center", color="white" if mat[i, j] > mat.max() / 2 else "black")
+    corpus = corpus_of(gold["dataset"])
+    ax.set_xlabel("predicted (parsed answer)")
+    ax.set_ylabel("actual")
+    ax.set_title(f"stage-2 labels, {corpus} corpus" + (" (synthetic, not MER2023)" if corpus == "synthetic" else ""))
+    fig.tight_layout()
+    fig.savefig(out / "confusion_mer2023.png", dpi=110)
+    plt.close(fig)
