@@ -121,6 +121,8 @@ def load_grouping(path: str | Path) -> Grouping:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise GroupingError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(data, list) or not data:
+            raise GroupingError(f"{path}:1: a grouping must be a non-empty JSON list of synonym lists")
         lines = _json_lines(text, len(data))
         for i, grp in enumerate(data):
             if not isinstance(grp, list) or not all(isinstance(w, str) for w in grp):

@@ -24,15 +24,15 @@ NEEDS = ("hubert", "mae", "videomae", "eva")  # the feature stores stage 2 reads
 
 
 def pool_tokens(x: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
-    """(B, T, D), valid mask (B, T) -> (B, n, D): token j is the mean over frames [floor(j L/n),
-    max(ceil((j+1) L/n), floor(j L/n) + 1)) of the clip's L valid frames (its first L positions)."""
-    b, t, _ = x.shape
+    """(B, T, D), valid mask (B, T) -> (B, n, D): token j is the mean over the valid frames of rank
+    [floor(j L/n), max(ceil((j+1) L/n), floor(j L/n) + 1)) among a clip's L valid frames, wherever
+    they sit (the aligned video's valid frames may start late)."""
     lens = mask.sum(1).clamp_min(1).to(x.dtype)[:, None]  # (B, 1)
     j = torch.arange(n, device=x.device, dtype=x.dtype)[None]  # (1, n)
     start = torch.floor(j * lens / n)
     end = torch.maximum(torch.ceil((j + 1) * lens / n), start + 1)
-    pos = torch.arange(t, device=x.device, dtype=x.dtype)[None, None]  # (1, 1, T)
-    w = ((pos >= start[..., None]) & (pos < end[..., None]) & mask[:, None, :]).to(x.dtype)  # (B, n, T)
+    rank = (mask.long().cumsum(1) - 1).to(x.dtype)[:, None, :]  # (B, 1, T): index among valid frames
+    w = ((rank >= start[..., None]) & (rank < end[..., None]) & mask[:, None, :]).to(x.dtype)  # (B, n, T)
     return (w @ x) / w.sum(-1, keepdim=True).clamp_min(1.0)
 
 

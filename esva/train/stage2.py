@@ -33,7 +33,7 @@ from esva.train.stage1 import Clip, FeatureData, TrainError, collate, load_stage
 
 log = logging.getLogger(__name__)
 
-ANSWER_TOKENS = {"emotion": 8, "ov": 24}  # generation budgets; `reason` uses tune.max_new_tokens
+ANSWER_TOKENS = {"emotion": 8, "ov": 48}  # generation budgets; `reason` uses tune.max_new_tokens
 
 
 @dataclass
@@ -50,18 +50,24 @@ class Stage2:
     video_tokens: int
     cache: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     train_stage1: bool = False
+    device: torch.device = torch.device("cpu")
     stats: dict[str, int] = field(default_factory=lambda: {"transcript_cut": 0, "answer_cut": 0})
+
+    def _batch(self, clips: list[Clip]) -> dict:
+        return {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in collate(clips, NEEDS).items()}
 
     # ---- modality tokens
     def streams(self, clips: list[Clip], grad: bool = False) -> dict[str, torch.Tensor]:
-        """Pooled stage-1 streams for `clips`, batched. Frozen stage 1: computed once per clip and cached."""
-        if grad and self.train_stage1:
-            return stage1_streams(self.stage1, collate(clips, NEEDS), self.rates, self.audio_tokens, self.video_tokens)
+        """Pooled stage-1 streams for `clips`, batched. A frozen stage 1 computes them once per clip and
+        caches them; a stage 1 that trains (`tune.train_stage1`) computes them on every call."""
+        if self.train_stage1:
+            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                return stage1_streams(self.stage1, self._batch(clips), self.rates, self.audio_tokens, self.video_tokens)
         todo = [c for c in clips if c.clip_id not in self.cache]
         for i in range(0, len(todo), 32):
             part = todo[i:i + 32]
             with torch.no_grad():
-                s = stage1_streams(self.stage1, collate(part, NEEDS), self.rates, self.audio_tokens, self.video_tokens)
+                s = stage1_streams(self.stage1, self._batch(part), self.rates, self.audio_tokens, self.video_tokens)
             for j, c in enumerate(part):
                 self.cache[c.clip_id] = {k: v[j].detach() for k, v in s.items()}
         return {k: torch.stack([self.cache[c.clip_id][k] for c in clips]) for k in self.cache[clips[0].clip_id]}
@@ -72,7 +78,7 @@ class Stage2:
         enc = [self.codec.encode(s, with_answer) for s in samples]
         self.stats["transcript_cut"] += sum(e.transcript_cut for e in enc)
         self.stats["answer_cut"] += sum(e.answer_cut for e in enc)
-        batch = self.codec.collate(enc)
+        batch = {k: v.to(self.device) for k, v in self.codec.collate(enc).items()}
         video, feature = self.projector(self.streams(clips, grad))
         embeds = splice(self.llm.get_input_embeddings(), batch["input_ids"], batch["kinds"], video, feature)
         return {"inputs_embeds": embeds, "attention_mask": batch["attention_mask"],
@@ -129,6 +135,15 @@ def stream_dims(data: FeatureData, stage1: FusionClassifier) -> dict[str, int]:
             "mae": data.dims["mae"], "videomae": data.dims["videomae"]}
 
 
+def check_dims(m: Stage2, data: FeatureData) -> None:
+    """Feature stores must have the sizes the projectors were trained on; an error names both."""
+    have = stream_dims(data, m.stage1)
+    bad = {k: (m.projector.dims[k], have[k]) for k in have if have[k] != m.projector.dims[k]}
+    if bad:
+        raise LlmError("the feature stores do not fit the stage-2 projectors: " + ", ".join(
+            f"{k} has dim {h} but was trained with {w}" for k, (w, h) in bad.items()))
+
+
 def build(stage1_dir: Path, lm_dir: Path, data: FeatureData, cfg) -> Stage2:
     """A fresh stage 2 for training: stage 1 loaded, base LLM frozen and wrapped with LoRA, new projectors."""
     stage1, _ = load_stage1(stage1_dir)
@@ -152,6 +167,14 @@ def build(stage1_dir: Path, lm_dir: Path, data: FeatureData, cfg) -> Stage2:
     codec = PromptCodec(tok, cfg.video_tokens + 1, cfg.audio_tokens + 2, max_len, cfg.max_new_tokens)
     return Stage2(stage1, projector, llm, tok, codec, data.rates, cfg.audio_tokens, cfg.video_tokens,
                   train_stage1=cfg.train_stage1)
+
+
+def to_device(m: Stage2, device: str | torch.device) -> Stage2:
+    m.device = torch.device(device)
+    for part in (m.stage1, m.projector, m.llm):
+        part.to(m.device)
+    m.cache = {k: {n: t.to(m.device) for n, t in v.items()} for k, v in m.cache.items()}
+    return m
 
 
 def label_scores(answers: list[str], truth: list[str]) -> dict:
@@ -208,6 +231,7 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
         params += [p for p in m.stage1.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     m.llm, m.projector, opt = accel.prepare(m.llm, m.projector, opt)
+    to_device(m, accel.device)  # stage 1, the batches and the cached streams follow the prepared models
     val_samples = _val_samples(val_df)
     val_emotion = eval_samples(val_df, "emotion")
     history, best, best_state, best_epoch, step, tokens = [], None, None, 0, 0, 0
@@ -297,7 +321,7 @@ def save(m: Stage2, out: Path, resolved: dict, stage1_dir: Path) -> None:
         json.dump(cfg, fh, indent=2, default=str)
 
 
-def load(model_dir: Path, lm_dir: Path) -> Stage2:
+def load(model_dir: Path, lm_dir: Path, device: str = "cpu") -> Stage2:
     """A saved stage 2 for generation, in a fresh process: base LLM from `lm_dir`, the adapter through
     `PeftModel.from_pretrained`, the projectors and stage 1 from `model_dir`."""
     from peft import PeftModel
@@ -330,5 +354,6 @@ def load(model_dir: Path, lm_dir: Path) -> Stage2:
     projector.eval()
     stage1, _ = load_stage1(model_dir / "stage1")
     codec = PromptCodec(tok, cfg["video_tokens"] + 1, cfg["audio_tokens"] + 2, cfg["max_length"], cfg["max_new_tokens"])
-    return Stage2(stage1, projector, llm, tok, codec, cfg["rates"], cfg["audio_tokens"], cfg["video_tokens"])
+    return to_device(Stage2(stage1, projector, llm, tok, codec, cfg["rates"], cfg["audio_tokens"], cfg["video_tokens"]),
+                     device)
 

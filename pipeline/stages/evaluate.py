@@ -22,7 +22,7 @@ from esva.eval.metrics import EvalError, clue_overlap_proxy, discrete_scores, la
 from esva.eval.synonyms import load_grouping, offline
 from esva.models.projector import NEEDS
 from esva.train.stage1 import load_features
-from esva.train.stage2 import ANSWER_TOKENS, load
+from esva.train.stage2 import ANSWER_TOKENS, check_dims, load
 from pipeline.common import log
 
 TASKS = {"mer": ("emotion", "mer2023"), "ov": ("ov", "mer2024_ov"), "emer": ("reason", "emer")}
@@ -84,7 +84,7 @@ def read_predictions(path: Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"predictions file not found: {path}")
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={"clip_id": str}, keep_default_na=False)
     missing = [c for c in ("clip_id", "answer") if c not in df.columns]
     if missing:
         raise EvalError(f"{path}: predictions need the columns clip_id and answer; missing {missing}")
@@ -150,10 +150,11 @@ def run(p: Params, manifest: Path, features_dir: Path, model_dir: Path, lm_dir: 
 
 def generate(p: Params, df: pd.DataFrame, gold: dict[str, pd.DataFrame], features_dir: Path, model_dir: Path,
              lm_dir: Path) -> dict[str, pd.DataFrame]:
-    m = load(model_dir, lm_dir)
+    m = load(model_dir, lm_dir, p.tune.device)
     ids = sorted(set().union(*[set(g["clip_id"]) for g in gold.values()]))
     sub = df[df["clip_id"].isin(ids)]
     data = load_features(sub, {n: Path(features_dir) / f"{n}.zarr" for n in NEEDS}, NEEDS, labelled_only=False)
+    check_dims(m, data)
     by_id = {c.clip_id: c for c in data.clips}
     out = {}
     for role, rows in gold.items():

@@ -21,7 +21,7 @@ from esva.data.manifest import safe_id, to_frame, write_manifest
 from esva.models.projector import NEEDS
 from esva.train.stage1 import load_features
 from esva.train.stage1 import predict as stage1_predict
-from esva.train.stage2 import ANSWER_TOKENS, load
+from esva.train.stage2 import ANSWER_TOKENS, check_dims, load
 from pipeline.common import log
 from pipeline.stages import crop, decode, extract
 
@@ -69,7 +69,7 @@ def check_features(p: Params, trained: dict, names) -> None:
 def run(p: Params, videos: list[Path], model_dir: Path, lm_dir: Path, encoders_dir: Path,
         transcripts: dict[str, str] | None = None, workdir: Path | None = None) -> list[dict]:
     transcripts = transcripts or {}
-    m = load(model_dir, lm_dir)  # a missing or mismatched model is an error before any video is touched
+    m = load(model_dir, lm_dir, p.tune.device)  # a missing or mismatched model is an error before any video is touched
     with (Path(model_dir) / "config.json").open("r", encoding="utf-8") as fh:
         trained = json.load(fh)
     names = tuple(dict.fromkeys(tuple(m.stage1.use) + NEEDS))
@@ -107,8 +107,10 @@ def run(p: Params, videos: list[Path], model_dir: Path, lm_dir: Path, encoders_d
         problems = _skips(metrics)
         data = load_features(df, {n: work / "features" / f"{n}.zarr" for n in names}, names, labelled_only=False)
         clips = data.clips
+        if clips:
+            check_dims(m, data)
         answers: dict[str, dict[str, str]] = {c.clip_id: {} for c in clips}
-        s1 = stage1_predict(m.stage1, clips, m.stage1.use, 16, "cpu") if clips else {}
+        s1 = stage1_predict(m.stage1, clips, m.stage1.use, 16, m.device) if clips else {}
         if clips:
             for task in ("emotion", "reason", "ov"):
                 samples = [Instruction(c.clip_id, task, transcripts.get(_file(results, c.clip_id), ""),

@@ -77,6 +77,10 @@ def test_grouping_files_json_and_text_and_their_errors(tmp_path):
     badj.write_text('[["happy", "glad"],\n ["sad", 3]]')
     with pytest.raises(GroupingError, match=r"bad.json:2: group 2 must be a list of strings"):
         load_grouping(badj)
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    with pytest.raises(GroupingError, match=r"empty.json:1: a grouping must be a non-empty JSON list"):
+        load_grouping(empty)
     broken = tmp_path / "broken.json"
     broken.write_text('[["happy", "glad"],\n ["sad" "x"]]')
     with pytest.raises(GroupingError, match=r"broken.json:2: not valid JSON"):

@@ -138,6 +138,10 @@ def test_pool_tokens_by_hand_and_padding_never_enters():
     x2 = x.clone()
     x2[1, 6:] = 1e6
     assert torch.equal(pool_tokens(x2, mask, 3), pool_tokens(x, mask, 3))
+    # valid frames that start late (the aligned video when it leads the audio): ranks, not positions
+    late = torch.zeros(1, 8, dtype=torch.bool)
+    late[0, 2:] = True
+    assert torch.allclose(pool_tokens(x[:1, :8], late, 3)[0, :, 0], torch.tensor([2.5, 4.5, 6.5]))
     # more tokens than frames: every token still averages at least one frame
     short = pool_tokens(x[:, :2], torch.ones(2, 2, dtype=torch.bool), 4)[0, :, 0]
     assert torch.allclose(short, torch.tensor([0.0, 0.0, 1.0, 1.0]))
@@ -233,9 +237,12 @@ def test_tuning_trains_only_adapters_and_projectors(world, tuned):
     trainable = {n for n, p in m.llm.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     base_before = stage2.load_base(str(world["lm"]))[0].state_dict()
-    base_after = m.llm.get_base_model().state_dict()
-    frozen = [k for k in base_before if k in base_after]
-    assert frozen and all(torch.equal(base_before[k], base_after[k]) for k in frozen)
+    # peft keeps the wrapped projections' weights under `<name>.base_layer.weight`
+    base_after = {k.replace(".base_layer.", "."): v for k, v in m.llm.get_base_model().state_dict().items()
+                  if "lora_" not in k}
+    assert set(base_after) == set(base_before)
+    assert any("q_proj" in k for k in base_before)
+    assert all(torch.equal(base_before[k], base_after[k]) for k in base_before)
     assert len(res.history) == TUNE.epochs and res.steps > 0 and res.tokens > 0
     assert {"adapter_config.json", "adapter_model.safetensors", "projector.safetensors", "config.json"} <= \
         {f.name for f in out.iterdir()}
@@ -302,9 +309,27 @@ def test_gradient_checkpointing_gives_the_same_loss(world):
         m = stage2.build(world["stage1"], world["lm"], data, TUNE.model_copy(update={"grad_checkpointing": ckpt,
                                                                                   "lora_dropout": 0.0}))
         m.llm.train()
+        assert m.llm.get_base_model().is_gradient_checkpointing == ckpt
         loss, _ = m.loss([by_id[x.clip_id] for x in s], s)
         loss.backward()
         grad = sum(float(p.grad.abs().sum()) for p in m.projector.parameters() if p.grad is not None)
-        losses.append((float(loss), grad))
+        losses.append((float(loss.detach()), grad))
     assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-5)
     assert losses[0][1] == pytest.approx(losses[1][1], rel=1e-4)
+
+
+def test_training_stage1_too_changes_it_uses_no_stale_cache_and_saves_it(world, tmp_path):
+    from safetensors.torch import load_file
+
+    from esva.train.stage1 import load_stage1
+
+    cfg = TUNE.model_copy(update={"train_stage1": True, "epochs": 1})
+    res = stage2.tune(world["data"], world["df"], world["stage1"], world["lm"], cfg)
+    before = load_stage1(world["stage1"])[0].state_dict()
+    after = res.model.stage1.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any(k.startswith("msfe.") for k in changed) and any(k.startswith("aligner.") for k in changed)
+    assert not res.model.cache  # streams are recomputed with the current stage-1 weights
+    stage2.save(res.model, tmp_path / "s2", {"tune": cfg.model_dump(mode="json"), "base": {}}, world["stage1"])
+    saved = load_file(str(tmp_path / "s2" / "stage1" / "model.safetensors"))
+    assert all(torch.equal(saved[k], after[k]) for k in changed)
