@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -97,13 +98,14 @@ def run(p: Params, videos: list[Path], model_dir: Path, lm_dir: Path, encoders_d
         metrics = work / "metrics"
         df = to_frame(rows)
         write_manifest(df, work / "manifest.parquet")
+        models = _encoder_copies(p, names, Path(encoders_dir), work / "encoders")
         lenient = {"max_skip_ratio": 1.0}
         decode.run(p.decode.model_copy(update=lenient), work / "manifest.parquet", work / "decoded.zarr", metrics)
         crop.run(p.crop.model_copy(update=lenient), work / "decoded.zarr", work / "faces.zarr", metrics)
         for n in names:
             extract.run(n, getattr(p.features, n).model_copy(update=lenient), work / "features" / f"{n}.zarr",
                         decoded=work / "decoded.zarr", faces=work / "faces.zarr", manifest=work / "manifest.parquet",
-                        models_dir=encoders_dir, metrics_dir=metrics)
+                        models_dir=models, metrics_dir=metrics)
         problems = _skips(metrics)
         data = load_features(df, {n: work / "features" / f"{n}.zarr" for n in names}, names, labelled_only=False)
         clips = data.clips
@@ -144,6 +146,20 @@ def run(p: Params, videos: list[Path], model_dir: Path, lm_dir: Path, encoders_d
             "transcript": transcripts.get(res["file"], ""),
         })
     return results
+
+
+def _encoder_copies(p: Params, names, encoders_dir: Path, dest: Path) -> Path:
+    """A private copy of the encoder folders, so that predicting never rewrites the pipeline's (DVC-tracked)
+    ones. Tiny encoders must be the very weights the models were trained on: missing ones are an error,
+    never rebuilt."""
+    for n in names:
+        src = encoders_dir / n
+        if getattr(p.features, n).checkpoint == "tiny" and not (src / "esva_tiny.json").exists():
+            raise ConfigError(f"{src}: the tiny {n} encoder the models were trained with is missing "
+                              f"(run `dvc repro` or pass --encoders)")
+        if src.is_dir():
+            shutil.copytree(src, dest / n, dirs_exist_ok=True)
+    return dest
 
 
 def _file(results: list[dict], cid: str) -> str:

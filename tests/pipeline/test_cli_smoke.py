@@ -219,9 +219,11 @@ def test_lm_tune_and_predict_on_good_and_bad_files(chain, tmp_path):
     (tmp_path / "garbage.mp4").write_text("not a video")
     files = [good, tmp_path / "no_audio.mp4", tmp_path / "audio_only.m4a", tmp_path / "no_face.mp4",
              tmp_path / "missing.mp4", tmp_path / "garbage.mp4"]
+    enc_before = {f: f.read_bytes() for f in (d / "models").rglob("*") if f.is_file()}
     res = esva("predict", *map(str, files), "--json", *p, "--model", str(d / "stage2"), "--llm", str(d / "llm"),
                "--encoders", str(d / "models"), "--transcript", f"{good.name}=I did not expect that at all.")
     assert res.exit_code == 0, res.output
+    assert {f: f.read_bytes() for f in (d / "models").rglob("*") if f.is_file()} == enc_before  # never rewritten
     out = {Path(r["file"]).name: r for r in json.loads(res.stdout)}
     ok = out[good.name]
     assert "error" not in ok and set(ok) >= {"label", "answer", "explanation", "ov_labels", "evidence"}
@@ -240,5 +242,8 @@ def test_lm_tune_and_predict_on_good_and_bad_files(chain, tmp_path):
     res = esva("predict", str(good), *p, "--model", str(d / "stage2"), "--llm", str(d / "llm"), "--encoders",
                str(d / "models"))
     assert res.exit_code == 0 and "audio-only" in res.output and "audio-video offset" in res.output, res.output
+    res = esva("predict", str(good), *p, "--model", str(d / "stage2"), "--llm", str(d / "llm"), "--encoders",
+               str(tmp_path / "no_encoders"))
+    assert res.exit_code == 2 and "encoder the models were trained with is missing" in res.output, res.output
     res = esva("predict", str(good), *p, "--model", str(tmp_path), "--llm", str(d / "llm"))
     assert res.exit_code == 2 and "not a stage-2 model folder" in res.output

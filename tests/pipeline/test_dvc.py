@@ -146,6 +146,8 @@ def test_repro_then_nothing_to_do_and_only_downstream_reruns(dvc_repo):
     assert shown.returncode == 0
     scales = list(_find(json.loads(shown.stdout), "msfe"))
     assert {m.get("scales") for m in scales} >= {1, 2}  # the experiment beside the committed baseline
+    mer = [m["data"] for m in _find(json.loads(shown.stdout), "metrics/mer2023.json") if "data" in m]
+    assert len(mer) >= 2 and all("weighted_f1" in m for m in mer)  # its benchmark metrics side by side
     git("checkout", "-q", "--", ".")  # back to the committed workspace
     # an encoder's own params rerun that encoder and what reads it
     params["features"]["mae"]["pool"] = "cls"
