@@ -306,6 +306,8 @@ class TuneConfig(Strict):
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(2, ge=1)
     lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine: linear warm-up, then cosine decay to 0
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     grad_checkpointing: bool = False

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,6 +196,23 @@ def label_scores(answers: list[str], truth: list[str]) -> dict:
             "majority_class_accuracy": float(counts.iloc[0] / n)}
 
 
+def lr_factor(cfg, n_train: int) -> Callable[[int], float]:
+    """`tune.lr_schedule`: constant, or linear warm-up over `tune.warmup_ratio` of the expected optimizer
+    updates followed by cosine decay to zero (the expected count: clips x task mix / batch / accumulation)."""
+    per_epoch = math.ceil(math.ceil(n_train * sum(cfg.tasks.values()) / cfg.batch_size) / cfg.grad_accum)
+    total = max(1, per_epoch * cfg.epochs)
+    warm = max(1, int(cfg.warmup_ratio * total))
+
+    def factor(update: int) -> float:
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        if update < warm:
+            return (update + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (update - warm) / max(1, total - warm))))
+
+    return factor
+
+
 @dataclass
 class TuneResult:
     model: Stage2
@@ -230,6 +248,7 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
     if cfg.train_stage1:
         params += [p for p in m.stage1.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, len(train_df)))
     m.llm, m.projector, opt = accel.prepare(m.llm, m.projector, opt)
     to_device(m, accel.device)  # stage 1, the batches and the cached streams follow the prepared models
     val_samples = _val_samples(val_df)
@@ -253,6 +272,8 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
                     accel.clip_grad_norm_(params, cfg.grad_clip)
                 opt.step()
                 opt.zero_grad()
+                if accel.sync_gradients:
+                    sched.step()
             step += 1
             tokens += n_tok
             losses.append(float(loss.detach()))

@@ -63,6 +63,8 @@ def score(role: str, preds: pd.DataFrame, gold: pd.DataFrame, grouping, embed=No
            "proxy_note": "offline proxies, not EMER's ChatGPT judge: label overlap from emotion words "
                          f"({grouping.name} lexicon), clue overlap = 10 x cosine of all-MiniLM-L6-v2 embeddings",
            "n": len(gold), "empty_explanations": sum(not a.strip() for a in answers)}
+    if embed and len(refs) > 1:  # what the proxy gives a fluent but unrelated explanation: each reference vs the next
+        out["clue_overlap_proxy_mismatched"] = clue_overlap_proxy(refs, refs[1:] + refs[:1], embed)["clue_overlap_proxy"]
     if judge is not None:
         from esva.eval.judge import JudgeError
 
