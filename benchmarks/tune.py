@@ -20,7 +20,7 @@ import torch
 from benchmarks.report import write_result
 
 from esva.config import LlmConfig, TuneConfig
-from esva.models.llm import add_lora, greedy_generate, positions
+from esva.models.llm import activation_checkpointing, add_lora, greedy_generate, positions
 
 LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                  num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)
@@ -59,9 +59,7 @@ def train_step_time(model, b: int, lengths: list[int], steps: int, device: str, 
                     checkpointing: bool) -> dict:
     base = model.get_base_model()
     if checkpointing:
-        fn = getattr(base, "activation_checkpointing_enable", None)
-        fn(activation_checkpointing_kwargs={"use_reentrant": False}) if fn else \
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        activation_checkpointing(base)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
@@ -86,8 +84,7 @@ def train_step_time(model, b: int, lengths: list[int], steps: int, device: str, 
     _sync(device)
     sec = (time.perf_counter() - t0) / steps
     if checkpointing:
-        fn = getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable
-        fn()
+        activation_checkpointing(base, on=False)
     out = {"seconds_per_step": sec, "tokens_per_second": int(attn.sum()) / sec}
     if device.startswith("cuda"):
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30

@@ -20,6 +20,11 @@ class ConfigError(ValueError):
     """A params file or override that does not fit the schema. The message names the key."""
 
 
+def _as_tuple(v: Any) -> Any:
+    """YAML gives lists; strict mode wants the declared tuples."""
+    return tuple(v) if isinstance(v, list) else v
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -78,10 +83,7 @@ class DataConfig(Strict):
 
     sources: tuple[Source, ...] = (Source(name="synthetic", adapter="synthetic", root="data/raw/synthetic"),)
 
-    @field_validator("sources", mode="before")
-    @classmethod
-    def _listify(cls, v: Any) -> Any:
-        return tuple(v) if isinstance(v, list) else v
+    _sources_tuple = field_validator("sources", mode="before")(_as_tuple)
 
     @model_validator(mode="after")
     def _unique(self) -> "DataConfig":
@@ -140,8 +142,7 @@ class EncoderConfig(Strict):
     @field_validator("layers", mode="before")
     @classmethod
     def _layers(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            return tuple(v)
+        v = _as_tuple(v)
         if isinstance(v, str) and v not in ("last", "last4sum"):
             raise ValueError(f"layers must be 'last', 'last4sum' or a list of ints, got {v!r}")
         return v
@@ -186,7 +187,7 @@ class FeaturesConfig(Strict):
     @field_validator("use", mode="before")
     @classmethod
     def _use(cls, v: Any) -> Any:
-        v = tuple(v) if isinstance(v, list) else v
+        v = _as_tuple(v)
         if isinstance(v, tuple):
             bad = [x for x in v if x not in ENCODERS]
             if bad:
@@ -212,10 +213,7 @@ class MsfeConfig(Strict):
     hidden: int = Field(64, ge=4)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
-    @field_validator("kernels", mode="before")
-    @classmethod
-    def _k(cls, v: Any) -> Any:
-        return tuple(v) if isinstance(v, list) else v
+    _kernels_tuple = field_validator("kernels", mode="before")(_as_tuple)
 
 
 class ContrastConfig(Strict):
@@ -318,22 +316,16 @@ class TuneConfig(Strict):
     eval_batch_size: int = Field(16, ge=1)
     max_skip_ratio: float = Field(0.1, ge=0.0, le=1.0)
 
-    @field_validator("lora_targets", mode="before")
-    @classmethod
-    def _targets(cls, v: Any) -> Any:
-        return tuple(v) if isinstance(v, list) else v
+    _lora_targets_tuple = field_validator("lora_targets", mode="before")(_as_tuple)
 
-    @field_validator("tasks", mode="before")
+    @field_validator("tasks")
     @classmethod
-    def _tasks(cls, v: Any) -> Any:
-        if isinstance(v, dict):
-            bad = [k for k in v if k not in ("emotion", "reason", "ov")]
-            if bad:
-                raise ValueError(f"unknown tasks {bad}; choose from ['emotion', 'reason', 'ov']")
-            v = {k: float(x) if isinstance(x, int) and not isinstance(x, bool) else x for k, x in v.items()}
-            if any(isinstance(x, float) and x < 0 for x in v.values()) or not any(
-                    isinstance(x, float) and x > 0 for x in v.values()):
-                raise ValueError(f"tune.tasks weights must be >= 0 with one > 0, got {v}")
+    def _tasks(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k in v if k not in ("emotion", "reason", "ov")]
+        if bad:
+            raise ValueError(f"unknown tasks {bad}; choose from ['emotion', 'reason', 'ov']")
+        if min(v.values(), default=0.0) < 0 or max(v.values(), default=0.0) <= 0:
+            raise ValueError(f"tune.tasks weights must be >= 0 with one > 0, got {v}")
         return v
 
 

@@ -24,6 +24,9 @@ err = Console(stderr=True)
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params file (YAML); its sections configure the stages")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a params key, e.g. --set decode.fps=25 (repeatable)")]
 MetricsOpt = Annotated[Path, typer.Option("--metrics", help="folder for the stage report metrics/<stage>.json")]
+FeaturesOpt = Annotated[Path, typer.Option("--features", help="folder of the feature stores")]
+LlmOpt = Annotated[Path, typer.Option("--llm", help="base LLM folder from `esva lm`")]
+Stage2Opt = Annotated[Path, typer.Option("--model", help="stage-2 folder from `esva tune`")]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -162,7 +165,7 @@ def extract(encoder: Annotated[str, typer.Argument(help="hubert, mae, videomae, 
 def train(out: Annotated[Path, typer.Option(help="model folder (safetensors + resolved config)")] = Path("data/models/stage1"),
           variant: Annotated[Optional[str], typer.Option(help="an ablation row (writes metrics/ablation/VARIANT.json)")] = None,
           manifest: Annotated[Path, typer.Option(help="manifest (labels and splits)")] = Path("data/manifest.parquet"),
-          features: Annotated[Path, typer.Option(help="folder of the feature stores")] = Path("data/features"),
+          features: FeaturesOpt = Path("data/features"),
           reference: Annotated[Path, typer.Option(help="the sync-baseline row for alignment.json")] = Path("metrics/alignment_reference.json"),
           params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
     """Stage 1: MSFE + alignment + fusion on cached features (params msfe, contrast, align, train, features.use)."""
@@ -186,9 +189,9 @@ def lm(out: Annotated[Path, typer.Option(help="base LLM folder (tiny: weights + 
 @friendly
 def tune(out: Annotated[Path, typer.Option(help="stage-2 folder (peft adapter, projectors, stage-1 copy, config)")] = Path("data/models/stage2"),
          manifest: Annotated[Path, typer.Option(help="manifest (texts, labels, splits)")] = Path("data/manifest.parquet"),
-         features: Annotated[Path, typer.Option(help="folder of the feature stores")] = Path("data/features"),
+         features: FeaturesOpt = Path("data/features"),
          stage1: Annotated[Path, typer.Option(help="stage-1 model folder")] = Path("data/models/stage1"),
-         llm: Annotated[Path, typer.Option(help="base LLM folder from `esva lm`")] = Path("data/models/llm"),
+         llm: LlmOpt = Path("data/models/llm"),
          params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
     """Stage 2: LoRA instruction tuning with projected audio and video tokens (params `tune`)."""
     from pipeline.stages import tune as stage
@@ -201,8 +204,8 @@ def tune(out: Annotated[Path, typer.Option(help="stage-2 folder (peft adapter, p
 def predict(videos: Annotated[list[Path], typer.Argument(help="video files (any container ffmpeg reads)")],
             json_: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
             transcript: Annotated[Optional[list[str]], typer.Option(help="what is said in a video, as FILE=TEXT or TEXT for a single video (repeatable)")] = None,
-            model: Annotated[Path, typer.Option(help="stage-2 folder from `esva tune`")] = Path("data/models/stage2"),
-            llm: Annotated[Path, typer.Option(help="base LLM folder from `esva lm`")] = Path("data/models/llm"),
+            model: Stage2Opt = Path("data/models/stage2"),
+            llm: LlmOpt = Path("data/models/llm"),
             encoders: Annotated[Path, typer.Option(help="encoder checkpoints used for training")] = Path("data/models/encoders"),
             keep: Annotated[Optional[Path], typer.Option(help="keep the intermediate stores in this folder")] = None,
             params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
@@ -224,9 +227,9 @@ def predict(videos: Annotated[list[Path], typer.Argument(help="video files (any 
 @friendly
 def evaluate(out: Annotated[Path, typer.Option(help="folder for mer2023.json, mer2024_ov.json, emer.json, plots")] = Path("metrics"),
              manifest: Annotated[Path, typer.Option(help="manifest (gold labels, splits)")] = Path("data/manifest.parquet"),
-             features: Annotated[Path, typer.Option(help="folder of the feature stores")] = Path("data/features"),
-             model: Annotated[Path, typer.Option(help="stage-2 folder from `esva tune`")] = Path("data/models/stage2"),
-             llm: Annotated[Path, typer.Option(help="base LLM folder from `esva lm`")] = Path("data/models/llm"),
+             features: FeaturesOpt = Path("data/features"),
+             model: Stage2Opt = Path("data/models/stage2"),
+             llm: LlmOpt = Path("data/models/llm"),
              predictions_dir: Annotated[Path, typer.Option("--predictions-dir", help="where generated predictions go (parquet)")] = Path("data/predictions"),
              predictions: Annotated[Optional[Path], typer.Option(help="score this file (clip_id, answer) instead of generating; needs --task")] = None,
              task: Annotated[Optional[str], typer.Option(help="mer, ov or emer (with --predictions)")] = None,

@@ -93,9 +93,9 @@ def training_samples(df: pd.DataFrame, mix: dict[str, float], seed: int, epoch: 
             w = float(mix.get(task, 0.0))
             n = int(w) + int(rng.random() < (w - int(w)))
             target = target_text(row, task)
+            if target is None:
+                continue
             for _ in range(n):
-                if target is None:
-                    continue
                 phr = int(rng.integers(len(PHRASINGS[task])))
                 out.append(Instruction(row.clip_id, task, str(row.transcript or ""), instruction_text(task, phr, labels),
                                        target))
@@ -131,7 +131,12 @@ def parse_label(answer: str, labels: tuple[str, ...] = LABELS) -> str | None:
     return found[0] if len(set(found)) == 1 else None
 
 
+def normalise_label(word: str) -> str:
+    """Lower case, letters, apostrophes, hyphens and single spaces only: how labels are compared."""
+    return re.sub(r"\s+", " ", re.sub(r"[^a-z' -]", "", str(word).lower())).strip(" -'")
+
+
 def parse_ov(answer: str) -> list[str]:
-    """A comma-separated answer as a list of lower-case labels, in order, without duplicates or empties."""
-    items = [re.sub(r"[^a-z' -]", "", part.strip().lower()).strip() for part in re.split(r"[,;\n]", answer)]
+    """A comma-separated answer as a list of normalised labels, in order, without duplicates or empties."""
+    items = [normalise_label(part) for part in re.split(r"[,;\n]", answer)]
     return list(dict.fromkeys(i for i in items if i))

@@ -62,6 +62,8 @@ def discrete_scores(gold: Sequence[str], pred: Sequence[str | None], labels: Seq
         "macro_f1": float(f1_score(gold, yp, labels=present, average="macro", zero_division=0)),
         "accuracy": float(accuracy_score(gold, yp)),
         "invalid": int(sum(p == INVALID for p in yp)),
+        "chance_accuracy": 1.0 / len(labels),
+        "majority_class_accuracy": max(list(gold).count(lab) for lab in present) / len(gold),
         "per_class": {lab: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
                             "support": int(sup[i])} for i, lab in enumerate(labels)},
         "confusion": {"rows": "gold", "columns": labels + ["invalid"],

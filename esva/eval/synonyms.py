@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from esva.data.instructions import normalise_label
+
 OFFLINE_NAME = "esva-offline-v1"
 
 GROUPS: tuple[tuple[str, ...], ...] = (
@@ -61,8 +63,6 @@ class GroupingError(ValueError):
     """A grouping file that is malformed. Names the file and line."""
 
 
-def normalise(word: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"[^a-z' -]", "", str(word).lower())).strip(" -'")
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,11 @@ class Grouping:
     table: dict[str, str]  # word -> its group's representative
 
     def group(self, word: str) -> str:
-        w = normalise(word)
+        w = normalise_label(word)
         return self.table.get(w, w)
 
     def groups(self, words) -> set[str]:
-        return {self.group(w) for w in words if normalise(w)}
+        return {self.group(w) for w in words if normalise_label(w)}
 
     @property
     def lexicon(self) -> frozenset[str]:
@@ -88,7 +88,7 @@ def from_groups(groups, name: str, where: list[str] | None = None) -> Grouping:
     first_seen: dict[str, str] = {}
     for i, grp in enumerate(groups):
         place = where[i] if where else f"group {i + 1}"
-        words = [normalise(w) for w in grp if normalise(w)]
+        words = [normalise_label(w) for w in grp if normalise_label(w)]
         if not words:
             raise GroupingError(f"{place}: an empty synonym group")
         for w in words:
@@ -134,7 +134,7 @@ def load_grouping(path: str | Path) -> Grouping:
         if not s or s.startswith("#"):
             continue
         words = [w for w in s.split(",")]
-        if any(not normalise(w) for w in words):
+        if any(not normalise_label(w) for w in words):
             raise GroupingError(f"{path}:{n}: malformed group {s!r} (an empty or non-word entry)")
         groups.append(words)
         where.append(f"{path}:{n}")

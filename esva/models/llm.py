@@ -115,6 +115,14 @@ def load_base(source: str, revision: str | None = None, trust_remote_code: bool 
     return model, tok
 
 
+def activation_checkpointing(model, on: bool = True) -> None:
+    """Recompute activations in the backward pass (transformers 5 renamed gradient checkpointing)."""
+    if on:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.activation_checkpointing_disable()
+
+
 def add_lora(model, tune_cfg):
     """Wrap the frozen base with peft LoRA adapters (r, alpha, dropout, target modules from `tune.*`)."""
     from peft import LoraConfig, get_peft_model

@@ -23,11 +23,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from esva import LABELS
 from esva.data.instructions import Instruction, eval_samples, parse_label, training_samples
+from esva.eval.metrics import discrete_scores
 from esva.encoders.base import checkpoint_identity, resolve_dtype
 from esva.models.fusion import FusionClassifier
-from esva.models.llm import (LlmError, PromptCodec, add_lora, context_length, greedy_generate, load_base,
+from esva.models.llm import (LlmError, PromptCodec, activation_checkpointing, add_lora, context_length, greedy_generate, load_base,
                              resolve_base, splice)
 from esva.models.projector import NEEDS, Projector, stage1_streams
 from esva.train.stage1 import Clip, FeatureData, TrainError, collate, load_stage1
@@ -52,6 +52,7 @@ class Stage2:
     cache: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     train_stage1: bool = False
     device: torch.device = torch.device("cpu")
+    config: dict = field(default_factory=dict)  # the saved config.json, when loaded from a folder
     stats: dict[str, int] = field(default_factory=lambda: {"transcript_cut": 0, "answer_cut": 0})
 
     def _batch(self, clips: list[Clip]) -> dict:
@@ -157,11 +158,8 @@ def build(stage1_dir: Path, lm_dir: Path, data: FeatureData, cfg) -> Stage2:
     max_len = cfg.max_length or ctx
     if max_len > ctx:
         raise LlmError(f"tune.max_length={max_len} exceeds the base LLM's context of {ctx} tokens ({source})")
-    if cfg.grad_checkpointing:  # transformers 5 renamed it; both recompute activations in the backward pass
-        if hasattr(base, "activation_checkpointing_enable"):
-            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.grad_checkpointing:
+        activation_checkpointing(base)
     llm = add_lora(base, cfg)
     projector = Projector(stream_dims(data, stage1), base.config.hidden_size)
     stage1.requires_grad_(cfg.train_stage1)
@@ -176,24 +174,6 @@ def to_device(m: Stage2, device: str | torch.device) -> Stage2:
         part.to(m.device)
     m.cache = {k: {n: t.to(m.device) for n, t in v.items()} for k, v in m.cache.items()}
     return m
-
-
-def label_scores(answers: list[str], truth: list[str]) -> dict:
-    """Label accuracy, weighted F1 (an unparseable answer counts as wrong) and the unparseable share."""
-    from sklearn.metrics import f1_score
-
-    parsed = [parse_label(a) for a in answers]
-    n = len(truth)
-    if not n:
-        return {"n": 0}
-    unparseable = sum(p is None for p in parsed)
-    correct = sum(p == t for p, t in zip(parsed, truth))
-    yp = [p if p is not None else "<unparseable>" for p in parsed]
-    wf1 = f1_score(truth, yp, labels=list(LABELS), average="weighted", zero_division=0)
-    counts = pd.Series(truth).value_counts()
-    return {"n": n, "accuracy": correct / n, "weighted_f1": float(wf1), "unparseable": unparseable,
-            "unparseable_share": unparseable / n, "chance_accuracy": 1.0 / len(LABELS),
-            "majority_class_accuracy": float(counts.iloc[0] / n)}
 
 
 def lr_factor(cfg, n_train: int) -> Callable[[int], float]:
@@ -220,6 +200,7 @@ class TuneResult:
     best_epoch: int
     steps: int
     tokens: int
+    val_answers: list[dict]  # the best epoch's greedy answers on the validation split (emotion task)
 
 
 def _val_samples(df: pd.DataFrame) -> list[Instruction]:
@@ -253,7 +234,7 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
     to_device(m, accel.device)  # stage 1, the batches and the cached streams follow the prepared models
     val_samples = _val_samples(val_df)
     val_emotion = eval_samples(val_df, "emotion")
-    history, best, best_state, best_epoch, step, tokens = [], None, None, 0, 0, 0
+    history, best, best_state, best_epoch, step, tokens, best_answers = [], None, None, 0, 0, 0, []
     for epoch in range(1, cfg.epochs + 1):
         m.llm.train()
         m.projector.train()
@@ -282,21 +263,23 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
         val_loss = _mean_loss(m, by_id, val_samples, cfg.eval_batch_size)
         answers = m.generate([by_id[s.clip_id] for s in val_emotion], val_emotion, cfg.eval_batch_size,
                              ANSWER_TOKENS["emotion"])
-        val = label_scores(answers, [s.target for s in val_emotion])
+        val = discrete_scores([s.target for s in val_emotion], [parse_label(a) for a in answers])
         rec = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
-               "val_accuracy": val["accuracy"], "val_unparseable_share": val["unparseable_share"]}
+               "val_accuracy": val["accuracy"], "val_unparseable_share": val["invalid"] / val["n"]}
         history.append(rec)
         if on_epoch:
             on_epoch(rec)
         key = (val["accuracy"], -val_loss)
         if best is None or key > best:
             best, best_epoch, best_state = key, epoch, m.trainable_state()
+            best_answers = [{"clip_id": s.clip_id, "task": s.task, "instruction": s.instruction, "answer": a,
+                             "target": s.target} for s, a in zip(val_emotion, answers)]
             if checkpoint:
                 checkpoint(m, epoch)
     if best_state is not None:
         m.load_trainable_state(best_state)
     m.llm, m.projector = accel.unwrap_model(m.llm), accel.unwrap_model(m.projector)
-    return TuneResult(m, history, best_epoch, step, tokens)
+    return TuneResult(m, history, best_epoch, step, tokens, best_answers)
 
 
 @torch.no_grad()
@@ -375,6 +358,6 @@ def load(model_dir: Path, lm_dir: Path, device: str = "cpu") -> Stage2:
     projector.eval()
     stage1, _ = load_stage1(model_dir / "stage1")
     codec = PromptCodec(tok, cfg["video_tokens"] + 1, cfg["audio_tokens"] + 2, cfg["max_length"], cfg["max_new_tokens"])
-    return to_device(Stage2(stage1, projector, llm, tok, codec, cfg["rates"], cfg["audio_tokens"], cfg["video_tokens"]),
-                     device)
+    return to_device(Stage2(stage1, projector, llm, tok, codec, cfg["rates"], cfg["audio_tokens"], cfg["video_tokens"],
+                            config=cfg), device)
 

@@ -129,6 +129,8 @@ def run(p: Params, manifest: Path, features_dir: Path, model_dir: Path, lm_dir: 
     for role in roles:
         where = getattr(cfg, role)
         res = score(role, preds[role], gold[role], grouping, embed, judge)
+        if "truncated_transcripts" in preds[role].attrs:
+            res["truncated_transcripts"] = preds[role].attrs["truncated_transcripts"]
         corpus = corpus_of(gold[role]["dataset"])
         res = {"corpus": corpus, "split": f"{where.source}:{where.split}",
                "note": "synthetic corpus: not a result on the real benchmark" if corpus == "synthetic" else None,
@@ -143,7 +145,7 @@ def run(p: Params, manifest: Path, features_dir: Path, model_dir: Path, lm_dir: 
             json.dump(res, fh, indent=2)
             fh.write("\n")
         if role == "mer":
-            confusion_outputs(gold[role], preds[role], out)
+            confusion_outputs(gold[role], preds[role], res["confusion"], out)
         results[role] = res
         log.info("evaluate %s on %s (%s): %s", name, res["split"], corpus,
                  ", ".join(f"{k}={v:.4f}" for k, v in res.items() if isinstance(v, float)))
@@ -165,9 +167,11 @@ def generate(p: Params, df: pd.DataFrame, gold: dict[str, pd.DataFrame], feature
         lost = [s.clip_id for s in samples if s.clip_id not in by_id]
         if lost:
             raise EvalError(f"evaluate.{role}: {len(lost)} clips have no features ({lost[:10]}); run `dvc repro`")
+        m.stats.update(transcript_cut=0)
         answers = m.generate([by_id[s.clip_id] for s in samples], samples, p.evaluate.batch_size, ANSWER_TOKENS.get(task))
         frame = pd.DataFrame({"clip_id": [s.clip_id for s in samples], "task": task,
                               "instruction": [s.instruction for s in samples], "answer": answers})
+        frame.attrs["truncated_transcripts"] = m.stats["transcript_cut"]  # prompts cut to fit the context
         if task == "emotion":
             frame["label"] = [parse_label(a) for a in answers]
         elif task == "ov":
@@ -176,30 +180,28 @@ def generate(p: Params, df: pd.DataFrame, gold: dict[str, pd.DataFrame], feature
     return out
 
 
-def confusion_outputs(gold: pd.DataFrame, preds: pd.DataFrame, out: Path) -> None:
-    """metrics/plots/confusion_mer2023.csv (actual, predicted; DVC's confusion template) and a PNG."""
+def confusion_outputs(gold: pd.DataFrame, preds: pd.DataFrame, confusion: dict, out: Path) -> None:
+    """metrics/plots/confusion_mer2023.csv (actual, predicted; DVC's confusion template) and a PNG of the
+    metric's own confusion matrix."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    p = preds.set_index("clip_id").loc[list(gold["clip_id"])]
-    predicted = [parse_label(str(a)) or "invalid" for a in p["answer"]]
+    answers = preds.set_index("clip_id").loc[list(gold["clip_id"]), "answer"]
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"actual": list(gold["label"]), "predicted": predicted}).to_csv(
+    pd.DataFrame({"actual": list(gold["label"]), "predicted": [parse_label(str(a)) or "invalid" for a in answers]}).to_csv(
         out / "plots" / "confusion_mer2023.csv", index=False)
-    cols = list(LABELS) + (["invalid"] if "invalid" in predicted else [])
-    mat = np.zeros((len(LABELS), len(cols)), dtype=int)
-    for a, b in zip(gold["label"], predicted):
-        mat[LABELS.index(a), cols.index(b)] += 1
+    mat, cols = np.array(confusion["matrix"]), list(confusion["columns"])
+    if not mat[:, -1].any():  # no invalid answers: no empty column
+        mat, cols = mat[:, :-1], cols[:-1]
     fig, ax = plt.subplots(figsize=(1.1 * len(cols) + 2, 1.1 * len(LABELS) + 1.5))
     ax.imshow(mat, cmap="Blues")
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
     ax.set_yticks(range(len(LABELS)), LABELS)
-    for i in range(mat.shape[0]):
-        for j in range(mat.shape[1]):
-            ax.text(j, i, str(mat[i, j]), ha="center", va="center", color="white" if mat[i, j] > mat.max() / 2 else "black")
+    for i, j in np.ndindex(mat.shape):
+        ax.text(j, i, str(mat[i, j]), ha="center", va="center", color="white" if mat[i, j] > mat.max() / 2 else "black")
     corpus = corpus_of(gold["dataset"])
     ax.set_xlabel("predicted (parsed answer)")
     ax.set_ylabel("actual")

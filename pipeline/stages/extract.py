@@ -17,6 +17,11 @@ from pipeline.common import Rate, StageReport, log, progress
 OUTPUT_EXCLUDE = ("batch_budget", "device", "dtype", "max_skip_ratio")  # knobs that do not change what is stored
 
 
+def output_params(params: dict) -> dict:
+    """The part of a `features.<encoder>` section that changes what is stored (its dumped JSON form)."""
+    return {k: v for k, v in params.items() if k not in OUTPUT_EXCLUDE}
+
+
 def _quiet_transformers() -> None:
     import transformers
 
@@ -26,7 +31,9 @@ def _quiet_transformers() -> None:
 
 def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.zarr"),
         faces: Path = Path("data/interim/faces.zarr"), manifest: Path = Path("data/manifest.parquet"),
-        models_dir: Path = Path("data/models/encoders"), metrics_dir: Path | None = Path("metrics")) -> StageReport:
+        models_dir: Path = Path("data/models/encoders"), metrics_dir: Path | None = Path("metrics"),
+        provenance_dir: Path | None = None) -> StageReport:
+    """`provenance_dir` (default `models_dir/<name>`) receives source.json, where the weights came from."""
     _quiet_transformers()
     if name not in REGISTRY:
         raise ValueError(f"unknown encoder {name!r}; choose from {sorted(REGISTRY)}")
@@ -67,13 +74,13 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
         encoder.frame_rate = rate_in / cfg.frame_stride
     elif name == "videomae":
         encoder.frame_rate = rate_in / encoder.tubelet
-    prov_dir = Path(models_dir) / name  # where the weights came from, beside the tiny weights if any
+    prov_dir = Path(provenance_dir or Path(models_dir) / name)  # beside the tiny weights by default
     prov_dir.mkdir(parents=True, exist_ok=True)
     with (prov_dir / "source.json").open("w", encoding="utf-8") as fh:
         json.dump({"encoder": name, **prov, "code_version": __version__}, fh, indent=2)
     stage = f"extract_{name}"
     report = StageReport(stage, corpus=corpus, clips_in=len(lengths))
-    keep = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in OUTPUT_EXCLUDE}
+    keep = output_params(cfg.model_dump(mode="json"))
     fp = config_hash(name, keep, str(encoder.dtype), prov["identity"], in_fp)
     attrs = {
         "stage": stage, "corpus": corpus, "encoder": name, "checkpoint": prov, "revision": cfg.revision,

@@ -9,9 +9,6 @@ face, unreadable) gets its own message; the other files still get their answers.
 
 from __future__ import annotations
 
-import csv
-import json
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -23,7 +20,6 @@ from esva.models.projector import NEEDS
 from esva.train.stage1 import load_features
 from esva.train.stage1 import predict as stage1_predict
 from esva.train.stage2 import ANSWER_TOKENS, check_dims, load
-from pipeline.common import log
 from pipeline.stages import crop, decode, extract
 
 REASONS = {
@@ -35,7 +31,6 @@ REASONS = {
     "too_short": "the clip is too short",
     "empty_input": "nothing to encode",
 }
-OUTPUT_EXCLUDE = extract.OUTPUT_EXCLUDE
 
 
 def parse_transcripts(items: list[str] | None, videos: list[Path]) -> dict[str, str]:
@@ -60,7 +55,7 @@ def check_features(p: Params, trained: dict, names) -> None:
         want = trained.get(n)
         if want is None:
             continue
-        have = {k: v for k, v in getattr(p.features, n).model_dump(mode="json").items() if k not in OUTPUT_EXCLUDE}
+        have = extract.output_params(getattr(p.features, n).model_dump(mode="json"))
         diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
         if diff:
             raise ConfigError(f"features.{n} differs from the config the models were trained with at keys {diff} "
@@ -71,10 +66,8 @@ def run(p: Params, videos: list[Path], model_dir: Path, lm_dir: Path, encoders_d
         transcripts: dict[str, str] | None = None, workdir: Path | None = None) -> list[dict]:
     transcripts = transcripts or {}
     m = load(model_dir, lm_dir, p.tune.device)  # a missing or mismatched model is an error before any video is touched
-    with (Path(model_dir) / "config.json").open("r", encoding="utf-8") as fh:
-        trained = json.load(fh)
     names = tuple(dict.fromkeys(tuple(m.stage1.use) + NEEDS))
-    check_features(p, trained.get("features", {}), names)
+    check_features(p, m.config.get("features", {}), names)
     results: list[dict] = []
     rows, seen = [], set()
     for v in videos:
@@ -98,26 +91,32 @@ def run(p: Params, videos: list[Path], model_dir: Path, lm_dir: Path, encoders_d
         metrics = work / "metrics"
         df = to_frame(rows)
         write_manifest(df, work / "manifest.parquet")
-        models = _encoder_copies(p, names, Path(encoders_dir), work / "encoders")
+        _check_tiny_encoders(p, names, Path(encoders_dir))
         lenient = {"max_skip_ratio": 1.0}
-        decode.run(p.decode.model_copy(update=lenient), work / "manifest.parquet", work / "decoded.zarr", metrics)
-        crop.run(p.crop.model_copy(update=lenient), work / "decoded.zarr", work / "faces.zarr", metrics)
-        for n in names:
-            extract.run(n, getattr(p.features, n).model_copy(update=lenient), work / "features" / f"{n}.zarr",
-                        decoded=work / "decoded.zarr", faces=work / "faces.zarr", manifest=work / "manifest.parquet",
-                        models_dir=models, metrics_dir=metrics)
-        problems = _skips(metrics)
+        reports = [decode.run(p.decode.model_copy(update=lenient), work / "manifest.parquet", work / "decoded.zarr",
+                              metrics),
+                   crop.run(p.crop.model_copy(update=lenient), work / "decoded.zarr", work / "faces.zarr", metrics)]
+        for n in names:  # the pipeline's encoder folders are read, never written: provenance goes to the work folder
+            reports.append(extract.run(n, getattr(p.features, n).model_copy(update=lenient), work / "features" / f"{n}.zarr",
+                                       decoded=work / "decoded.zarr", faces=work / "faces.zarr",
+                                       manifest=work / "manifest.parquet", models_dir=encoders_dir, metrics_dir=metrics,
+                                       provenance_dir=work / "provenance" / n))
+        problems: dict[str, tuple[str, str, str]] = {}  # clip id -> the first stage that skipped it, and why
+        for rep in reports:
+            for sk in rep.skips:
+                problems.setdefault(sk["clip_id"], (rep.stage, sk["reason"], sk["detail"]))
         data = load_features(df, {n: work / "features" / f"{n}.zarr" for n in names}, names, labelled_only=False)
         clips = data.clips
+        answers: dict[str, dict[str, str]] = {c.clip_id: {} for c in clips}
+        s1 = {}
         if clips:
             check_dims(m, data)
-        answers: dict[str, dict[str, str]] = {c.clip_id: {} for c in clips}
-        s1 = stage1_predict(m.stage1, clips, m.stage1.use, 16, m.device) if clips else {}
-        if clips:
+            s1 = stage1_predict(m.stage1, clips, m.stage1.use, p.evaluate.batch_size, m.device)
+            said = dict(zip(df["clip_id"], df["transcript"]))
             for task in ("emotion", "reason", "ov"):
-                samples = [Instruction(c.clip_id, task, transcripts.get(_file(results, c.clip_id), ""),
-                                       instruction_text(task, clip_phrasing(c.clip_id))) for c in clips]
-                for c, a in zip(clips, m.generate(clips, samples, 8, ANSWER_TOKENS.get(task))):
+                samples = [Instruction(c.clip_id, task, said[c.clip_id], instruction_text(task, clip_phrasing(c.clip_id)))
+                           for c in clips]
+                for c, a in zip(clips, m.generate(clips, samples, p.evaluate.batch_size, ANSWER_TOKENS.get(task))):
                     answers[c.clip_id][task] = a
     index = {c.clip_id: i for i, c in enumerate(clips)}
     rate = float(m.stage1.align_rate)
@@ -148,39 +147,18 @@ def run(p: Params, videos: list[Path], model_dir: Path, lm_dir: Path, encoders_d
     return results
 
 
-def _encoder_copies(p: Params, names, encoders_dir: Path, dest: Path) -> Path:
-    """A private copy of the encoder folders, so that predicting never rewrites the pipeline's (DVC-tracked)
-    ones. Tiny encoders must be the very weights the models were trained on: missing ones are an error,
-    never rebuilt."""
+def _check_tiny_encoders(p: Params, names, encoders_dir: Path) -> None:
+    """Tiny encoders must be the very weights the models were trained on: missing ones are an error, never
+    rebuilt (a rebuild would also write into the pipeline's DVC-tracked folder)."""
     for n in names:
         src = encoders_dir / n
         if getattr(p.features, n).checkpoint == "tiny" and not (src / "esva_tiny.json").exists():
             raise ConfigError(f"{src}: the tiny {n} encoder the models were trained with is missing "
                               f"(run `dvc repro` or pass --encoders)")
-        if src.is_dir():
-            shutil.copytree(src, dest / n, dirs_exist_ok=True)
-    return dest
-
-
-def _file(results: list[dict], cid: str) -> str:
-    return next(r["file"] for r in results if r["clip_id"] == cid)
 
 
 def _probs(p) -> dict[str, float]:
     return {lab: round(float(x), 4) for lab, x in zip(LABELS, p)}
-
-
-def _skips(metrics: Path) -> dict[str, tuple[str, str, str]]:
-    """clip id -> (stage, reason, detail) of the first stage that skipped it."""
-    out: dict[str, tuple[str, str, str]] = {}
-    for stage in ["decode", "crop"] + [f.stem for f in sorted((metrics / "skips").glob("extract_*.csv"))]:
-        f = metrics / "skips" / f"{stage}.csv"
-        if not f.exists():
-            continue
-        with f.open("r", encoding="utf-8", newline="") as fh:
-            for row in csv.DictReader(fh):
-                out.setdefault(row["clip_id"], (stage, row["reason"], row["detail"]))
-    return out
 
 
 def show(results: list[dict], console) -> None:
@@ -203,4 +181,3 @@ def show(results: list[dict], console) -> None:
         console.print(t)
         if ev.get("offset_ms") is not None:
             console.print(f"  audio-video offset: {ev['offset_ms']:+.0f} ms ({ev['offset_convention']})", highlight=False)
-    log.debug("predict: %d files", len(results))

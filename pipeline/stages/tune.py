@@ -9,16 +9,15 @@ from pathlib import Path
 
 from esva import LABELS, __version__
 from esva.config import ENCODERS, ConfigError, Params
-from esva.data.instructions import eval_samples, parse_ov
 from esva.data.manifest import read_manifest
 from esva.encoders.base import checkpoint_identity
 from esva.models.llm import resolve_base
 from esva.models.projector import NEEDS
 from esva.store import open as open_store
 from esva.train.stage1 import load_features
-from esva.train.stage2 import ANSWER_TOKENS, label_scores, save, tune
+from esva.train.stage2 import save, tune
 from pipeline.common import log
-from pipeline.stages.extract import OUTPUT_EXCLUDE
+from pipeline.stages.extract import output_params
 
 
 def run(p: Params, manifest: Path, features_dir: Path, stage1_dir: Path, lm_dir: Path, out: Path,
@@ -37,8 +36,7 @@ def run(p: Params, manifest: Path, features_dir: Path, stage1_dir: Path, lm_dir:
                 "base": {"checkpoint": source, "revision": revision, "identity": checkpoint_identity(source, revision)},
                 "stage1": str(stage1_dir), "corpus": data.corpus, "code_version": __version__,
                 # how each feature store was made (what `esva predict` must reproduce on new videos)
-                "features": {n: {k: v for k, v in open_store(Path(features_dir) / f"{n}.zarr").attrs["params"].items()
-                                 if k not in OUTPUT_EXCLUDE}
+                "features": {n: output_params(open_store(Path(features_dir) / f"{n}.zarr").attrs["params"])
                              for n in ENCODERS if (Path(features_dir) / f"{n}.zarr").exists()}}
     live = None
     if metrics_dir is not None:
@@ -68,57 +66,27 @@ def run(p: Params, manifest: Path, features_dir: Path, stage1_dir: Path, lm_dir:
         live.end()
     m = res.model
     save(m, out, {**resolved, "epoch": res.best_epoch}, stage1_dir)
-    test_ids = {c.clip_id for c in data.split("test")}
-    test_df = df[df["clip_id"].isin(test_ids)]
-    by_id = {c.clip_id: c for c in data.clips}
-    m.stats.update(transcript_cut=0, answer_cut=0)
-    generations, summary_tasks = [], {}
-    for task in ("emotion", "ov", "reason"):
-        samples = eval_samples(test_df, task)
-        answers = m.generate([by_id[s.clip_id] for s in samples], samples, cfg.eval_batch_size,
-                             ANSWER_TOKENS.get(task))
-        generations += [{"clip_id": s.clip_id, "task": task, "instruction": s.instruction, "answer": a,
-                         "target": s.target} for s, a in zip(samples, answers)]
-        if task == "emotion":
-            summary_tasks[task] = label_scores(answers, [s.target for s in samples])
-        elif task == "ov":
-            summary_tasks[task] = _ov_exact(answers, [s.target for s in samples])
-        else:
-            summary_tasks[task] = {"n": len(answers), "empty": sum(not a for a in answers),
-                                   "mean_words": sum(len(a.split()) for a in answers) / max(len(answers), 1)}
-    with (out / "test_generations.jsonl").open("w", encoding="utf-8") as fh:
-        for g in generations:
+    with (out / "val_generations.jsonl").open("w", encoding="utf-8") as fh:  # what a reload must reproduce
+        for g in res.val_answers:
             fh.write(json.dumps(g, ensure_ascii=False) + "\n")
+    best = res.history[res.best_epoch - 1]
     summary = {
-        "corpus": data.corpus, "split": "test",
+        "corpus": data.corpus, "split": "val",
         "note": "synthetic corpus: not a result on MER2023 or any real benchmark" if data.corpus == "synthetic" else None,
         "base": resolved["base"]["checkpoint"], "best_epoch": res.best_epoch, "epochs": cfg.epochs,
-        "steps": res.steps, "answer_tokens_trained": res.tokens, "train_seconds": round(train_seconds, 1),
-        "clips": {"train": len(data.split("train")), "val": len(data.split("val")), "test": len(test_df),
-                  "skipped": len(data.skipped)},
+        "val_accuracy": best["val_accuracy"], "val_unparseable_share": best["val_unparseable_share"],
+        "val_loss": best["val_loss"], "steps": res.steps, "answer_tokens_trained": res.tokens,
+        "train_seconds": round(train_seconds, 1),
+        "clips": {"train": len(data.split("train")), "val": len(data.split("val")), "skipped": len(data.skipped)},
         "trainable_parameters": sum(v.numel() for v in m.trainable_state().values()),
-        "truncated": {"transcripts": m.stats["transcript_cut"], "answers": m.stats["answer_cut"]},
-        "test": summary_tasks, "history": res.history,
+        # over every training and validation encoding (test-split scores: `esva evaluate`, metrics/mer2023.json)
+        "truncated_encodings": {"transcripts": m.stats["transcript_cut"], "answers": m.stats["answer_cut"]},
+        "history": res.history,
     }
     if metrics_dir is not None:
         with (Path(metrics_dir) / "tune.json").open("w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=2)
             fh.write("\n")
-    emo = summary_tasks["emotion"]
-    log.info("tune: test label accuracy %.3f (chance %.3f), unparseable %d of %d (corpus %s)",
-             emo.get("accuracy", float("nan")), emo.get("chance_accuracy", float("nan")), emo.get("unparseable", 0),
-             emo.get("n", 0), data.corpus)
+    log.info("tune: best epoch %d, validation label accuracy %.3f, unparseable share %.3f (corpus %s)",
+             res.best_epoch, best["val_accuracy"], best["val_unparseable_share"], data.corpus)
     return summary
-
-
-def _ov_exact(answers: list[str], targets: list[str]) -> dict:
-    """Exact-word overlap of open-vocabulary lists (no synonym grouping; `esva evaluate` has the
-    official MER2024-OV metric). Per sample precision |gt & pred|/|pred| and recall |gt & pred|/|gt|."""
-    prec, rec, empty = [], [], 0
-    for a, t in zip(answers, targets):
-        pred, gt = set(parse_ov(a)), set(parse_ov(t))
-        empty += not pred
-        prec.append(len(pred & gt) / len(pred) if pred else 0.0)
-        rec.append(len(pred & gt) / len(gt) if gt else 0.0)
-    n = max(len(answers), 1)
-    return {"n": len(answers), "exact_precision": sum(prec) / n, "exact_recall": sum(rec) / n, "empty": empty}

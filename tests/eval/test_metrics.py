@@ -22,6 +22,7 @@ def test_discrete_scores_by_hand_and_against_sklearn():
     assert s["weighted_f1"] == pytest.approx(f1_score(GOLD, [p or "?" for p in PRED], average="weighted"))
     assert s["accuracy"] == pytest.approx(0.5) and s["macro_f1"] == pytest.approx(0.5)
     assert s["invalid"] == 1 and s["n"] == 6
+    assert s["chance_accuracy"] == pytest.approx(1 / 6) and s["majority_class_accuracy"] == pytest.approx(2 / 6)
     assert s["per_class"]["angry"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
     assert s["per_class"]["worried"]["support"] == 0
     m = s["confusion"]["matrix"]
@@ -57,7 +58,7 @@ def test_open_vocabulary_by_hand_on_twelve_samples():
     assert s["empty_predictions"] == 1 and s["grouping"] == "esva-offline-v1"
 
 
-def test_grouping_files_json_and_text_and_their_errors(tmp_path):
+def test_grouping_files_json_and_text(tmp_path):
     j = tmp_path / "g.json"
     j.write_text(json.dumps([["happy", "glad"], ["sad", "blue"]]))
     g = load_grouping(j)
@@ -65,26 +66,19 @@ def test_grouping_files_json_and_text_and_their_errors(tmp_path):
     t = tmp_path / "g.txt"
     t.write_text("# my grouping\nhappy, glad\n\nsad, blue\n")
     assert load_grouping(t).table == g.table
-    bad = tmp_path / "bad.txt"
-    bad.write_text("happy, glad\nsad, , blue\n")
-    with pytest.raises(GroupingError, match=r"bad.txt:2: malformed group"):
-        load_grouping(bad)
-    clash = tmp_path / "clash.txt"
-    clash.write_text("happy, glad\nsad, glad\n")
-    with pytest.raises(GroupingError, match=r"clash.txt:2: 'glad' is already in another group"):
-        load_grouping(clash)
-    badj = tmp_path / "bad.json"
-    badj.write_text('[["happy", "glad"],\n ["sad", 3]]')
-    with pytest.raises(GroupingError, match=r"bad.json:2: group 2 must be a list of strings"):
-        load_grouping(badj)
-    empty = tmp_path / "empty.json"
-    empty.write_text("[]")
-    with pytest.raises(GroupingError, match=r"empty.json:1: a grouping must be a non-empty JSON list"):
-        load_grouping(empty)
-    broken = tmp_path / "broken.json"
-    broken.write_text('[["happy", "glad"],\n ["sad" "x"]]')
-    with pytest.raises(GroupingError, match=r"broken.json:2: not valid JSON"):
-        load_grouping(broken)
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("bad.txt", "happy, glad\nsad, , blue\n", r"bad.txt:2: malformed group"),
+    ("clash.txt", "happy, glad\nsad, glad\n", r"clash.txt:2: 'glad' is already in another group"),
+    ("bad.json", '[["happy", "glad"],\n ["sad", 3]]', r"bad.json:2: group 2 must be a list of strings"),
+    ("empty.json", "[]", r"empty.json:1: a grouping must be a non-empty JSON list"),
+    ("broken.json", '[["happy", "glad"],\n ["sad" "x"]]', r"broken.json:2: not valid JSON"),
+])
+def test_malformed_grouping_files_name_the_line(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(GroupingError, match=message):
+        load_grouping(tmp_path / name)
 
 
 def test_prediction_ids_must_match_the_labels():
