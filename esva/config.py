@@ -20,6 +20,9 @@ class ConfigError(ValueError):
     """A params file or override that does not fit the schema. The message names the key."""
 
 
+Dtype = Literal["fp32", "bf16", "auto"]  # esva.precision: auto is bf16 where native, so it differs by machine
+
+
 def _as_tuple(v: Any) -> Any:
     """YAML gives lists; strict mode wants the declared tuples."""
     return tuple(v) if isinstance(v, list) else v
@@ -131,8 +134,8 @@ class EncoderConfig(Strict):
     checkpoint: str = "tiny"  # tiny (random weights, real architecture) | a local directory | a hub id
     revision: str | None = None  # hub revision (commit or tag) when checkpoint is a hub id
     layers: str | tuple[int, ...] = "last"  # last | last4sum | [hidden-state indices]
-    dtype: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the hardware runs it natively
-    device: str = "cpu"
+    dtype: Dtype = "fp32"  # fp32 | bf16 | auto (bf16 where the hardware runs it natively: differs by machine)
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto
     batch_budget: int = Field(64, ge=1)  # padded input units per batch (see each encoder)
     short_policy: Literal["pad", "skip"] = "pad"  # input shorter than the encoder's minimum
     trust_remote_code: bool = False
@@ -254,7 +257,9 @@ class TrainConfig(Strict):
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     aux_weight: float = Field(0.3, ge=0)  # audio-only and video-only heads (per-modality evidence)
     grad_clip: float = Field(1.0, gt=0)
-    device: str = "cpu"
+    dtype: Dtype = "fp32"  # autocast of the forward pass; weights and optimizer stay fp32
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto
+    feature_cache_mb: int = Field(512, ge=0)  # features streamed from the stores through a cache of this size
     max_skip_ratio: float = Field(0.1, ge=0.0, le=1.0)
 
 
@@ -277,7 +282,9 @@ class LlmConfig(Strict):
     batch_size: int = Field(16, ge=1)
     block: int = Field(128, ge=16)  # tokens per pretraining sequence
     lr: float = Field(1e-3, gt=0)
-    device: str = "cpu"
+    dtype: Dtype = "fp32"  # the tiny preset's pretraining (autocast)
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto
+    quantize: Literal["none", "8bit", "4bit"] = "none"  # stage 2 loads the frozen base with bitsandbytes
 
     @model_validator(mode="after")
     def _heads(self) -> "LlmConfig":
@@ -309,11 +316,13 @@ class TuneConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     grad_checkpointing: bool = False
-    dtype: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the hardware runs it natively
-    device: str = "cpu"
+    dtype: Dtype = "fp32"  # bf16/auto: the frozen base is loaded in bf16 (fp16 on a GPU without bf16) and run
+    # under autocast; the LoRA, the projectors and the optimizer stay fp32
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto
     max_length: int | None = None  # the context; null: the base LLM's
     max_new_tokens: int = Field(96, ge=4)  # longest answer (reasons); training answers are cut to it, counted
     eval_batch_size: int = Field(16, ge=1)
+    feature_cache_mb: int = Field(512, ge=0)  # features streamed from the stores through a cache of this size
     max_skip_ratio: float = Field(0.1, ge=0.0, le=1.0)
 
     _lora_targets_tuple = field_validator("lora_targets", mode="before")(_as_tuple)

@@ -11,7 +11,6 @@ architecture is an error before any clip is processed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -21,6 +20,8 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
+
+from esva.precision import autocast, cpu_supports_bf16, resolve_device, resolve_dtype  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -92,35 +93,7 @@ def masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return total / mask.sum(1).clamp_min(1).to(x.dtype)
 
 
-# --- dtype / autocast -----------------------------------------------------------------------------
-def cpu_supports_bf16() -> bool:
-    cap = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else ""
-    if "AVX512" in cap or "AMX" in cap:
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except Exception:
-            return False
-    return False
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """`auto` is bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16 or
-    AMX), float32 elsewhere; `bf16` and `fp32` force it."""
-    if dtype == "fp32":
-        return torch.float32
-    if dtype == "bf16":
-        return torch.bfloat16
-    if dtype != "auto":
-        raise ValueError(f"dtype must be auto, bf16 or fp32, got {dtype!r}")
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
-
-
-def autocast(device: str, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype)
+# --- dtype / autocast: esva.precision (re-exported here for the encoders) --------------------------
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
@@ -217,6 +190,7 @@ def load_frozen(cls, source: str | Path, cfg, revision: str | None, **kwargs):
     the checkpoint's preprocessor config when it is a local directory)."""
     model = freeze(cls.from_pretrained(str(source), revision=revision, use_safetensors=True,
                                        trust_remote_code=cfg.trust_remote_code, **kwargs))
-    model.to(cfg.device)
+    device = resolve_device(cfg.device, "features.*.device")
+    model.to(device)
     pre = preprocessor(Path(str(source))) if Path(str(source)).is_dir() else {}
-    return model, resolve_dtype(cfg.dtype, cfg.device), pre
+    return model, resolve_dtype(cfg.dtype, device), pre

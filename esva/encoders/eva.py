@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from transformers import Blip2VisionConfig, Blip2VisionModel
 
-from esva.encoders.base import (Batch, CheckpointError, autocast, freeze, layer_names, load_frozen, preprocessor,
+from esva.encoders.base import (resolve_device, Batch, CheckpointError, autocast, freeze, layer_names, load_frozen, preprocessor,
                                 resolve_dtype, save_tiny_model, select_layers, to_float_image)
 
 NAME = "eva"
@@ -81,9 +81,10 @@ class EvaEncoder:
         if tower is None:
             self.model, self.dtype, pre = load_frozen(Blip2VisionModel, source, cfg, revision)
         else:
-            self.model = freeze(tower).to(cfg.device)
-            self.dtype, pre = resolve_dtype(cfg.dtype, cfg.device), preprocessor(Path(str(source)))
-        self.device = cfg.device
+            device = resolve_device(cfg.device, f"features.{self.name}.device")
+            self.model = freeze(tower).to(device)
+            self.dtype, pre = resolve_dtype(cfg.dtype, device), preprocessor(Path(str(source)))
+        self.device = resolve_device(cfg.device, f"features.{self.name}.device")
         c = self.model.config
         self.mean = pre.get("image_mean", CLIP_MEAN)
         self.std = pre.get("image_std", CLIP_STD)

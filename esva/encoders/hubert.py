@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import HubertConfig, HubertModel
 
-from esva.encoders.base import Batch, autocast, layer_names, load_frozen, save_tiny_model, select_layers
+from esva.encoders.base import Batch, resolve_device, autocast, layer_names, load_frozen, save_tiny_model, select_layers
 
 NAME = "hubert"
 MODEL_TYPES = ("hubert",)
@@ -44,7 +44,7 @@ class HubertEncoder:
 
     def __init__(self, source: str | Path, cfg, revision: str | None = None) -> None:
         self.model, self.dtype, pre = load_frozen(HubertModel, source, cfg, revision, mask_time_prob=0.0)
-        self.device = cfg.device
+        self.device = resolve_device(cfg.device, f"features.{self.name}.device")
         c = self.model.config
         self.do_normalize = bool(pre.get("do_normalize", True))
         # group-norm feature extractors (hubert-base) mix padding into valid frames: one clip a batch

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from transformers import ViTMAEConfig, ViTMAEModel
 
-from esva.encoders.base import (IMAGENET_MEAN, IMAGENET_STD, Batch, autocast, layer_names, load_frozen,
+from esva.encoders.base import (resolve_device, IMAGENET_MEAN, IMAGENET_STD, Batch, autocast, layer_names, load_frozen,
                                 save_tiny_model, select_layers, to_float_image)
 
 NAME = "mae"
@@ -41,7 +41,7 @@ class MaeEncoder:
 
     def __init__(self, source: str | Path, cfg, revision: str | None = None) -> None:
         self.model, self.dtype, pre = load_frozen(ViTMAEModel, source, cfg, revision, mask_ratio=0.0)
-        self.device = cfg.device
+        self.device = resolve_device(cfg.device, f"features.{self.name}.device")
         c = self.model.config
         self.mean = pre.get("image_mean", IMAGENET_MEAN)
         self.std = pre.get("image_std", IMAGENET_STD)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from esva.encoders.base import (Batch, CheckpointError, autocast, layer_names, load_frozen, save_tiny_model,
+from esva.encoders.base import (resolve_device, Batch, CheckpointError, autocast, layer_names, load_frozen, save_tiny_model,
                                 select_layers, sha256_file)
 
 NAME = "text"
@@ -63,7 +63,7 @@ class TextEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(str(source), revision=revision,
                                                        trust_remote_code=cfg.trust_remote_code)
         self.model, self.dtype, _ = load_frozen(BertModel, source, cfg, revision, add_pooling_layer=False)
-        self.device = cfg.device
+        self.device = resolve_device(cfg.device, f"features.{self.name}.device")
         self.dim = self.model.config.hidden_size
         self.max_tokens = min(cfg.max_tokens, self.model.config.max_position_embeddings)
         self.layers = layer_names(cfg.layers)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import VideoMAEConfig, VideoMAEModel
 
-from esva.encoders.base import (IMAGENET_MEAN, IMAGENET_STD, Batch, autocast, layer_names, load_frozen,
+from esva.encoders.base import (resolve_device, IMAGENET_MEAN, IMAGENET_STD, Batch, autocast, layer_names, load_frozen,
                                 save_tiny_model, select_layers, to_float_image)
 
 NAME = "videomae"
@@ -42,7 +42,7 @@ class VideoMaeEncoder:
 
     def __init__(self, source: str | Path, cfg, revision: str | None = None) -> None:
         self.model, self.dtype, pre = load_frozen(VideoMAEModel, source, cfg, revision)
-        self.device = cfg.device
+        self.device = resolve_device(cfg.device, f"features.{self.name}.device")
         c = self.model.config
         self.mean = pre.get("image_mean", IMAGENET_MEAN)
         self.std = pre.get("image_std", IMAGENET_STD)

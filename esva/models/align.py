@@ -59,37 +59,16 @@ def _shifted(v: torch.Tensor, mv: torch.Tensor, k: int, t: int) -> tuple[torch.T
     return vs, ms
 
 
-def _diagonals(g: torch.Tensor, k: int, t: int) -> torch.Tensor:
-    """g (B, L, L) -> (B, 2K+1, t): out[:, j, s] = g[:, s, s + tau_j] (0 where s + tau_j is outside)."""
-    b, n, _ = g.shape
-    out = g.new_zeros(b, 2 * k + 1, t)
-    for j, tau in enumerate(range(-k, k + 1)):
-        d = torch.diagonal(g, offset=tau, dim1=1, dim2=2)  # s from max(0, -tau)
-        s0 = max(0, -tau)
-        m = min(t - s0, d.shape[-1])
-        if m > 0:
-            out[:, j, s0:s0 + m] = d[:, :m]
-    return out
-
-
-def _square(a: torch.Tensor, v: torch.Tensor, ma: torch.Tensor, mv: torch.Tensor):
-    """Pad audio and video to one length L so that frame-pair matrices are square."""
-    n = max(a.shape[1], v.shape[1])
-    pad = lambda x, m: (F.pad(x, (0, 0, 0, n - x.shape[1])), F.pad(m, (0, n - m.shape[1])))  # noqa: E731
-    return (*pad(a, ma), *pad(v, mv))
-
-
 def shift_scores(a: torch.Tensor, v: torch.Tensor, ma: torch.Tensor, mv: torch.Tensor, k: int, window: int):
     """D_local and C_global for every offset: (B, 2K+1) each, plus the valid pair counts.
 
-    a and v are unit vectors on valid frames (centre_normalise), so ||a - v|| = sqrt(2 - 2 cos):
-    all offsets come from one frame-pair cosine matrix G = a v^T and its diagonals."""
+    a and v are unit vectors on valid frames (centre_normalise), so ||a - v|| = sqrt(2 - 2 cos). Only the
+    2K+1 needed diagonals of the frame-pair cosine matrix are computed, one offset at a time from a
+    shifted view of v, so memory grows linearly with clip length (never an L x L matrix)."""
     t = a.shape[1]
-    a2, ma2, v2, mv2 = _square(a, v, ma, mv)
-    g = a2 @ v2.transpose(1, 2)  # (B, L, L) cosines of every frame pair
-    pm = (ma2[:, :, None] & mv2[:, None, :]).to(a.dtype)
-    cos = _diagonals(g, k, t)  # (B, S, T)
-    w = _diagonals(pm, k, t)
+    vs, ms = _shifted(v.to(a.dtype), mv, k, t)  # (B, S, T, D) view, (B, S, T)
+    cos = torch.stack([(a * vs[:, j]).sum(-1) for j in range(vs.shape[1])], 1)  # (B, S, T): a(s) . v(s + tau_j)
+    w = (ms & ma[:, None, :]).to(a.dtype)  # valid pairs                              (B, S, T)
     dist = torch.sqrt((2.0 - 2.0 * cos).clamp_min(1e-8))
     count = w.sum(-1)
     c_global = (cos * w).sum(-1) / count.clamp_min(1.0)
@@ -177,21 +156,13 @@ class Aligner(nn.Module):
 
     @staticmethod
     def shift_video(v: torch.Tensor, mv: torch.Tensor, p: torch.Tensor, k: int, t: int):
-        """The video moved onto the audio's timeline: v_aligned(t) = sum_tau p(tau) v(t + tau), as one
-        banded matrix product; returns (B, t, D) and the mask of frames that received any weight."""
-        b, tv, d = v.shape
-        n = max(t, tv) + k
-        vp = F.pad(v * mv[..., None].to(v.dtype), (0, 0, 0, n - tv))
-        mp = F.pad(mv.to(v.dtype), (0, n - tv))
-        rows, cols, js = [], [], []
-        for j, tau in enumerate(range(-k, k + 1)):
-            r = torch.arange(max(0, -tau), min(n, n - tau), device=v.device)
-            rows.append(r)
-            cols.append(r + tau)
-            js.append(torch.full_like(r, j))
-        rows, cols, js = torch.cat(rows), torch.cat(cols), torch.cat(js)
-        band = torch.zeros(b, n * n, dtype=v.dtype, device=v.device).index_add(1, rows * n + cols, p[:, js]).view(b, n, n)
-        num = band @ vp  # (B, n, D)
-        den = band @ mp[..., None]  # (B, n, 1)
-        out = num[:, :t] / den[:, :t].clamp_min(1e-6)
-        return out, den[:, :t, 0] > 1e-3
+        """The video moved onto the audio's timeline: v_aligned(t) = sum_tau p(tau) v(t + tau), normalised by
+        the weight that fell on valid frames, over the 2K+1 shifted views of v (memory linear in t);
+        returns (B, t, D) and the mask of frames that received any weight."""
+        dt = torch.promote_types(v.dtype, p.dtype)  # bf16 features or autocast never meet an fp32 p
+        vs, ms = _shifted((v * mv[..., None].to(v.dtype)).to(dt), mv, k, t)  # (B, S, t, D), (B, S, t)
+        p = p.to(dt)
+        num = sum(p[:, j, None, None] * vs[:, j] for j in range(vs.shape[1]))  # sum_tau p(tau) v(t + tau)  (B, t, D)
+        den = sum(p[:, j, None] * ms[:, j] for j in range(ms.shape[1]))  # weight that landed on valid frames  (B, t)
+        out = num / den[..., None].clamp_min(1e-6)
+        return out, den > 1e-3

@@ -96,17 +96,41 @@ def context_length(model) -> int:
     return int(getattr(model.config, "max_position_embeddings", 4096))
 
 
+def quantization_config(quantize: str, compute: torch.dtype):
+    """transformers' BitsAndBytesConfig for `llm.quantize` (8bit, or 4bit NF4 with double quantization and
+    the compute dtype in force); an error naming the key when bitsandbytes is not installed."""
+    if quantize == "none":
+        return None
+    if quantize not in ("8bit", "4bit"):
+        raise LlmError(f"llm.quantize must be none, 8bit or 4bit, got {quantize!r}")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise LlmError(f"llm.quantize={quantize} needs bitsandbytes, which is not installed here "
+                       "(pip install bitsandbytes, on a machine with a CUDA GPU); or set llm.quantize: none")
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16 if compute == torch.float32 else compute)
+
+
 def load_base(source: str, revision: str | None = None, trust_remote_code: bool = False,
-              dtype: torch.dtype = torch.float32):
-    """The frozen base LLM and its tokenizer (safetensors only). A pad id is set when the tokenizer has
-    none (Llama-2 has none): it only fills masked positions."""
+              dtype: torch.dtype = torch.float32, quantize: str = "none", device: str = "cpu"):
+    """The frozen base LLM and its tokenizer (safetensors only), its weights in `dtype` (bf16 for the
+    paper preset: a 7B model is 13.5 GB instead of 27) or quantized with bitsandbytes (`llm.quantize`),
+    then placed on `device`. A pad id is set when the tokenizer has none (Llama-2 has none): it only
+    fills masked positions."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    qcfg = quantization_config(quantize, dtype)
+    extra = {"quantization_config": qcfg, "device_map": {"": device}} if qcfg is not None else {}
     try:
         tok = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code,
-                                                     use_safetensors=True, dtype=dtype)
-    except (OSError, ValueError) as exc:
+                                                     use_safetensors=True, dtype=dtype, **extra)
+    except (OSError, ValueError, ImportError) as exc:
         raise LlmError(f"cannot load the base LLM {source!r}: {exc}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.unk_token or tok.eos_token

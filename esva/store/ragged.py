@@ -278,6 +278,10 @@ class RaggedReader:
         except KeyError:
             raise KeyError(f"{self.path}: clip {clip_id!r} is not in the store") from None
 
+    def shape(self, clip_id: str, field: str) -> tuple[int, ...]:
+        """A clip's array shape for one field, from the index (no read)."""
+        return tuple(self._entry(clip_id)["fields"][field][2])
+
     def read(self, clip_id: str, fields: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         entry = self._entry(clip_id)
         out = {}

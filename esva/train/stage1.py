@@ -12,7 +12,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,8 @@ from esva.eval.sync import offset_errors
 from esva.models.fusion import FRAME_LEVEL, FusionClassifier
 from esva.models.msfe import receptive_field
 from esva.store import open as open_store
+from esva.train.stream import ByteLRU, StoreFeatures, length_of, prefetch_batches
+from esva.precision import autocast, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ class Clip:
     label: int
     split: str
     offset_ms: float | None
-    feats: dict[str, np.ndarray]
+    feats: Mapping[str, np.ndarray]  # a dict, or StoreFeatures streaming from the stores
 
 
 @dataclass
@@ -51,15 +53,17 @@ class FeatureData:
     rates: dict[str, float]
     corpus: str
     skipped: dict[str, str] = field(default_factory=dict)
+    cache: ByteLRU | None = None  # the stores' read cache, when the features are streamed
 
     def split(self, name: str) -> list[Clip]:
         return [c for c in self.clips if c.split == name]
 
 
 def load_features(manifest: pd.DataFrame, stores: dict[str, Path], use: tuple[str, ...],
-                  labelled_only: bool = True) -> FeatureData:
-    """Every labelled clip present in all the used stores; frame-level fields for hubert/mae/videomae,
-    the utterance vector for eva and text. With labelled_only=False, unlabelled clips come too (label -1)."""
+                  labelled_only: bool = True, cache_mb: int = 512) -> FeatureData:
+    """Every labelled clip present in all the used stores; frame-level fields for hubert/mae/videomae
+    (streamed from the stores through a cache of `cache_mb` MiB shared by all clips), the utterance vector
+    for eva and text (read in one pass). With labelled_only=False, unlabelled clips come too (label -1)."""
     readers = {}
     for name in use:
         path = Path(stores[name])
@@ -69,10 +73,10 @@ def load_features(manifest: pd.DataFrame, stores: dict[str, Path], use: tuple[st
     dims = {n: int(r.attrs["dim"]) for n, r in readers.items()}
     rates = {n: float(r.attrs.get("frame_rate") or 0.0) for n, r in readers.items()}
     layer = {n: r.attrs["layers"][0] for n, r in readers.items()}
-    tables = {}
-    for n, r in readers.items():
-        field_name = layer[n] if n in FRAME_LEVEL else f"{layer[n]}_utt"
-        tables[n] = r.read_all(field_name)
+    fields = {n: layer[n] if n in FRAME_LEVEL else f"{layer[n]}_utt" for n in use}
+    frame_level = {n for n in use if n in FRAME_LEVEL}
+    utt = {n: readers[n].read_all(fields[n]) for n in use if n not in FRAME_LEVEL}
+    cache = ByteLRU(cache_mb << 20)
     clips, skipped = [], {}
     lab_index = {lab: i for i, lab in enumerate(LABELS)}
     has_offset = "offset_ms" in manifest.columns
@@ -82,17 +86,15 @@ def load_features(manifest: pd.DataFrame, stores: dict[str, Path], use: tuple[st
         if unlabelled and labelled_only:
             skipped[cid] = "no_label"
             continue
-        missing = [n for n in use if cid not in tables[n]]
+        missing = [n for n in use if cid not in readers[n]]
         if missing:
             skipped[cid] = f"no_features:{','.join(missing)}"
             continue
-        feats = {}
-        for n in use:
-            x = tables[n][cid].astype(np.float32)
-            feats[n] = x if n in FRAME_LEVEL else x.reshape(-1)
+        feats = StoreFeatures(cid, readers, fields, frame_level,
+                              {n: utt[n][cid].astype(np.float32).reshape(-1) for n in utt}, cache)
         off = float(row.offset_ms) if has_offset and row.offset_ms is not None and not pd.isna(row.offset_ms) else None
         clips.append(Clip(cid, -1 if unlabelled else lab_index[row.label], str(row.split), off, feats))
-    return FeatureData(clips, dims, rates, corpus_of(manifest["dataset"]), skipped)
+    return FeatureData(clips, dims, rates, corpus_of(manifest["dataset"]), skipped, cache)
 
 
 def check_config(data: FeatureData, use, msfe_cfg, align_cfg) -> None:
@@ -106,14 +108,14 @@ def check_config(data: FeatureData, use, msfe_cfg, align_cfg) -> None:
             raise TrainError(f"class {lab!r} has no clip in the training split")
     if "hubert" in use and msfe_cfg.enabled:
         rf = receptive_field(msfe_cfg)
-        shortest = min(c.feats["hubert"].shape[0] for c in data.clips)
+        shortest = min(length_of(c.feats, "hubert") for c in data.clips)
         if rf > shortest:
             raise TrainError(f"msfe.kernels/msfe.scales give a receptive field of {rf} frames (with msfe.dilation="
                              f"{msfe_cfg.dilation}), longer than the shortest clip ({shortest} HuBERT frames)")
     if align_cfg.enabled and "hubert" in use and align_cfg.video in use:
         rate_v = data.rates[align_cfg.video]
-        shortest = min(min(c.feats["hubert"].shape[0] * align_cfg.rate / data.rates["hubert"],
-                           c.feats[align_cfg.video].shape[0] * align_cfg.rate / rate_v) for c in data.clips)
+        shortest = min(min(length_of(c.feats, "hubert") * align_cfg.rate / data.rates["hubert"],
+                           length_of(c.feats, align_cfg.video) * align_cfg.rate / rate_v) for c in data.clips)
         if 2 * align_cfg.max_shift + 1 > shortest:
             raise TrainError(f"align.max_shift={align_cfg.max_shift} needs clips of at least {2 * align_cfg.max_shift + 1} "
                              f"frames at align.rate={align_cfg.rate}, the shortest has {shortest:.0f}")
@@ -161,20 +163,32 @@ def compute_losses(model: FusionClassifier, out: dict, batch: dict, cfgs) -> dic
     return {"loss": total, "emo": l_emo, "align": l_align, "contrast": l_con}
 
 
+def _batches(clips: list[Clip], batch_size: int) -> list[list[Clip]]:
+    return [clips[i:i + batch_size] for i in range(0, len(clips), batch_size)]
+
+
+def _warm(clip: Clip) -> None:
+    if isinstance(clip.feats, StoreFeatures):
+        clip.feats.warm()
+
+
 @torch.no_grad()
-def predict(model: FusionClassifier, clips: list[Clip], use, batch_size: int, device) -> dict:
+def predict(model: FusionClassifier, clips: list[Clip], use, batch_size: int, device=None,
+            dtype: torch.dtype = torch.float32) -> dict:
+    """Probabilities (fused, audio-only, video-only) and tau* for `clips`, on the model's device by default."""
     model.eval()
+    device = device or next(model.parameters()).device
     probs, aprobs, vprobs, taus, ids = [], [], [], [], []
-    for i in range(0, len(clips), batch_size):
-        part = clips[i:i + batch_size]
-        out = model(_to(collate(part, use), device))
-        probs.append(out["logits"].softmax(-1).cpu())
+    for part in prefetch_batches(_batches(clips, batch_size), _warm):
+        with autocast(str(device), dtype):
+            out = model(_to(collate(part, use), device))
+        probs.append(out["logits"].float().softmax(-1).cpu())
         if "audio_logits" in out:
-            aprobs.append(out["audio_logits"].softmax(-1).cpu())
+            aprobs.append(out["audio_logits"].float().softmax(-1).cpu())
         if "video_logits" in out:
-            vprobs.append(out["video_logits"].softmax(-1).cpu())
+            vprobs.append(out["video_logits"].float().softmax(-1).cpu())
         if "align" in out:
-            taus.append(out["align"]["tau_star"].cpu())
+            taus.append(out["align"]["tau_star"].float().cpu())
         ids += [c.clip_id for c in part]
     res = {"clip_ids": ids, "probs": torch.cat(probs).numpy() if probs else np.zeros((0, len(LABELS)))}
     if aprobs:
@@ -204,16 +218,19 @@ def alignment_scores(clips: list[Clip], pred: dict, rate: float, fps: float) -> 
 
 
 @torch.no_grad()
-def _validate(model: FusionClassifier, clips: list[Clip], use, batch_size: int, device, cfgs) -> tuple[dict, float]:
+def _validate(model: FusionClassifier, clips: list[Clip], use, batch_size: int, device, cfgs,
+              dtype: torch.dtype = torch.float32) -> tuple[dict, float]:
     """Validation scores and loss from one forward pass per batch."""
     model.eval()
     probs, losses = [], []
-    for i in range(0, len(clips), batch_size):
-        batch = _to(collate(clips[i:i + batch_size], use), device)
-        out = model(batch)
-        probs.append(out["logits"].softmax(-1).cpu())
-        if len(batch["clip_ids"]) >= 2:  # the contrastive terms need a pair
-            losses.append(compute_losses(model, out, batch, cfgs)["loss"].item())
+    for part in prefetch_batches(_batches(clips, batch_size), _warm):
+        batch = _to(collate(part, use), device)
+        with autocast(str(device), dtype):
+            out = model(batch)
+            loss = compute_losses(model, out, batch, cfgs)["loss"] if len(part) >= 2 else None  # contrast needs a pair
+        probs.append(out["logits"].float().softmax(-1).cpu())
+        if loss is not None:
+            losses.append(loss.item())
     val = scores(clips, {"probs": torch.cat(probs).numpy()}) or {"weighted_f1": 0.0, "accuracy": 0.0}
     return val, float(np.mean(losses)) if losses else float("nan")
 
@@ -224,6 +241,7 @@ class TrainResult:
     history: list[dict]
     best_epoch: int
     stopped_early: bool
+    dtype: torch.dtype = torch.float32  # the autocast dtype in force
 
 
 def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align_cfg, train_cfg,
@@ -234,7 +252,11 @@ def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align
 
     check_config(data, use, msfe_cfg, align_cfg)
     set_seed(train_cfg.seed)
-    accel = Accelerator(cpu=train_cfg.device == "cpu")
+    device = resolve_device(train_cfg.device, "train.device")
+    dtype = resolve_dtype(train_cfg.dtype, device)
+    # mixed precision is our autocast (esva.precision), never accelerate's process-wide state, so stages
+    # of different precision can run in one process
+    accel = Accelerator(cpu=device == "cpu", mixed_precision="no")
     model = FusionClassifier(data.dims, data.rates, use, len(LABELS), msfe_cfg, align_cfg, train_cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     model, opt = accel.prepare(model, opt)
@@ -250,13 +272,12 @@ def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align
         order = torch.randperm(len(tr), generator=gen).tolist()
         sums: dict[str, float] = {}
         n_batches = 0
-        for i in range(0, len(order), train_cfg.batch_size):
-            part = [tr[j] for j in order[i:i + train_cfg.batch_size]]
-            if len(part) < 2:
-                continue
+        parts = [p for p in _batches([tr[j] for j in order], train_cfg.batch_size) if len(p) >= 2]
+        for part in prefetch_batches(parts, _warm):
             batch = _to(collate(part, use), accel.device)
-            out = model(batch)
-            losses = compute_losses(accel.unwrap_model(model), out, batch, cfgs)
+            with autocast(str(accel.device), dtype):
+                out = model(batch)
+                losses = compute_losses(accel.unwrap_model(model), out, batch, cfgs)
             if not torch.isfinite(losses["loss"]):
                 raise TrainError(f"non-finite loss at epoch {epoch}, step {step} "
                                  f"({ {k: float(v) for k, v in losses.items()} }); batch clips: {batch['clip_ids']}. "
@@ -269,7 +290,7 @@ def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align
             n_batches += 1
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
-        val, val_loss = _validate(accel.unwrap_model(model), va, use, train_cfg.batch_size, accel.device, cfgs)
+        val, val_loss = _validate(accel.unwrap_model(model), va, use, train_cfg.batch_size, accel.device, cfgs, dtype)
         rec = {"epoch": epoch, **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()},
                "val_loss": val_loss, "val_weighted_f1": val["weighted_f1"],
                "val_accuracy": val["accuracy"]}
@@ -292,7 +313,7 @@ def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align
     final = accel.unwrap_model(model)
     if best_state is not None:
         final.load_state_dict(best_state)
-    return TrainResult(final, history, best_epoch, stopped)
+    return TrainResult(final, history, best_epoch, stopped, dtype)
 
 
 def load_stage1(model_dir: Path) -> tuple[FusionClassifier, dict]:

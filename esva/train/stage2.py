@@ -25,12 +25,14 @@ import torch.nn.functional as F
 
 from esva.data.instructions import Instruction, eval_samples, parse_label, training_samples
 from esva.eval.metrics import discrete_scores
-from esva.encoders.base import checkpoint_identity, resolve_dtype
+from esva.encoders.base import checkpoint_identity
+from esva.precision import autocast, resolve_device, weights_dtype
 from esva.models.fusion import FusionClassifier
 from esva.models.llm import (LlmError, PromptCodec, activation_checkpointing, add_lora, context_length, greedy_generate, load_base,
                              resolve_base, splice)
 from esva.models.projector import NEEDS, Projector, stage1_streams
 from esva.train.stage1 import Clip, FeatureData, TrainError, collate, load_stage1
+from esva.train.stream import ByteLRU
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +51,10 @@ class Stage2:
     rates: dict[str, float]
     audio_tokens: int
     video_tokens: int
-    cache: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    cache: ByteLRU = field(default_factory=lambda: ByteLRU(512 << 20))  # pooled streams of a frozen stage 1
     train_stage1: bool = False
     device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32  # the compute (autocast) dtype; the base LLM's weights are in it too
     config: dict = field(default_factory=dict)  # the saved config.json, when loaded from a folder
     stats: dict[str, int] = field(default_factory=lambda: {"transcript_cut": 0, "answer_cut": 0})
 
@@ -65,14 +68,20 @@ class Stage2:
         if self.train_stage1:
             with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
                 return stage1_streams(self.stage1, self._batch(clips), self.rates, self.audio_tokens, self.video_tokens)
-        todo = [c for c in clips if c.clip_id not in self.cache]
+        have: dict[str, dict[str, torch.Tensor]] = {}
+        for c in clips:
+            hit = self.cache.lookup(c.clip_id)
+            if hit is not None:
+                have[c.clip_id] = hit
+        todo = list({c.clip_id: c for c in clips if c.clip_id not in have}.values())
         for i in range(0, len(todo), 32):
             part = todo[i:i + 32]
             with torch.no_grad():
                 s = stage1_streams(self.stage1, self._batch(part), self.rates, self.audio_tokens, self.video_tokens)
             for j, c in enumerate(part):
-                self.cache[c.clip_id] = {k: v[j].detach() for k, v in s.items()}
-        return {k: torch.stack([self.cache[c.clip_id][k] for c in clips]) for k in self.cache[clips[0].clip_id]}
+                have[c.clip_id] = {k: v[j].detach().float().clone() for k, v in s.items()}  # own storage, not the batch's
+                self.cache.put(c.clip_id, have[c.clip_id])
+        return {k: torch.stack([have[c.clip_id][k] for c in clips]) for k in have[clips[0].clip_id]}
 
     def inputs(self, clips: list[Clip], samples: list[Instruction], with_answer: bool, grad: bool = False) -> dict:
         """The spliced batch: inputs_embeds, attention mask, position ids, labels. One code path for
@@ -87,9 +96,10 @@ class Stage2:
                 "position_ids": batch["position_ids"], "labels": batch["labels"]}
 
     def loss(self, clips: list[Clip], samples: list[Instruction], grad: bool = True) -> tuple[torch.Tensor, int]:
-        b = self.inputs(clips, samples, with_answer=True, grad=grad)
-        logits = self.llm(inputs_embeds=b["inputs_embeds"], attention_mask=b["attention_mask"],
-                          position_ids=b["position_ids"]).logits  # (B, T, V)
+        with autocast(str(self.device), self.dtype):
+            b = self.inputs(clips, samples, with_answer=True, grad=grad)
+            logits = self.llm(inputs_embeds=b["inputs_embeds"], attention_mask=b["attention_mask"],
+                              position_ids=b["position_ids"]).logits  # (B, T, V)
         labels = b["labels"][:, 1:]
         loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
         return loss, int((labels != -100).sum())
@@ -104,9 +114,10 @@ class Stage2:
         n_new = min(max_new_tokens or self.codec.max_new_tokens, self.codec.max_new_tokens)
         out: list[str] = []
         for i in range(0, len(samples), batch_size):
-            b = self.inputs(clips[i:i + batch_size], samples[i:i + batch_size], with_answer=False)
-            ids = greedy_generate(self.llm, b["inputs_embeds"], b["attention_mask"], n_new, self.codec.eos_id,
-                                  self.codec.pad_id)
+            with autocast(str(self.device), self.dtype):  # generation runs in the dtype training used
+                b = self.inputs(clips[i:i + batch_size], samples[i:i + batch_size], with_answer=False)
+                ids = greedy_generate(self.llm, b["inputs_embeds"], b["attention_mask"], n_new, self.codec.eos_id,
+                                      self.codec.pad_id)
             out += [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids]
             if progress:
                 progress(len(ids))
@@ -128,7 +139,7 @@ class Stage2:
         self.projector.load_state_dict({k[10:]: v for k, v in state.items() if k.startswith("projector.")})
         if self.train_stage1:
             self.stage1.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("stage1.")})
-            self.cache.clear()
+        self.cache.clear()
 
 
 def stream_dims(data: FeatureData, stage1: FusionClassifier) -> dict[str, int]:
@@ -146,14 +157,17 @@ def check_dims(m: Stage2, data: FeatureData) -> None:
             f"{k} has dim {h} but was trained with {w}" for k, (w, h) in bad.items()))
 
 
-def build(stage1_dir: Path, lm_dir: Path, data: FeatureData, cfg) -> Stage2:
-    """A fresh stage 2 for training: stage 1 loaded, base LLM frozen and wrapped with LoRA, new projectors."""
+def build(stage1_dir: Path, lm_dir: Path, data: FeatureData, cfg, quantize: str = "none") -> Stage2:
+    """A fresh stage 2 for training: stage 1 loaded, base LLM frozen (in the weights dtype of `tune.dtype`,
+    or quantized) and wrapped with LoRA (fp32), new projectors (fp32)."""
     stage1, _ = load_stage1(stage1_dir)
     missing = [n for n in NEEDS if n not in data.dims]
     if missing:
         raise TrainError(f"stage 2 needs the feature stores {list(NEEDS)}; {missing} not loaded")
     source, revision, remote = resolve_base(lm_dir)
-    base, tok = load_base(source, revision, remote)
+    device = resolve_device(cfg.device, "tune.device")
+    wdt = weights_dtype(cfg.dtype, device)
+    base, tok = load_base(source, revision, remote, dtype=wdt, quantize=quantize, device=device)
     ctx = context_length(base)
     max_len = cfg.max_length or ctx
     if max_len > ctx:
@@ -165,15 +179,20 @@ def build(stage1_dir: Path, lm_dir: Path, data: FeatureData, cfg) -> Stage2:
     stage1.requires_grad_(cfg.train_stage1)
     codec = PromptCodec(tok, cfg.video_tokens + 1, cfg.audio_tokens + 2, max_len, cfg.max_new_tokens)
     return Stage2(stage1, projector, llm, tok, codec, data.rates, cfg.audio_tokens, cfg.video_tokens,
-                  train_stage1=cfg.train_stage1)
+                  cache=ByteLRU(cfg.feature_cache_mb << 20), train_stage1=cfg.train_stage1, dtype=wdt)
 
 
 def to_device(m: Stage2, device: str | torch.device) -> Stage2:
     m.device = torch.device(device)
-    for part in (m.stage1, m.projector, m.llm):
+    for part in (m.stage1, m.projector) + (() if _quantized(m.llm) else (m.llm,)):  # bitsandbytes places its own
         part.to(m.device)
-    m.cache = {k: {n: t.to(m.device) for n, t in v.items()} for k, v in m.cache.items()}
+    m.cache.clear()
     return m
+
+
+def _quantized(model) -> bool:
+    return bool(getattr(model, "is_quantized", False) or getattr(getattr(model, "base_model", None), "is_quantized", False)
+                or getattr(getattr(model, "config", None), "quantization_config", None))
 
 
 def lr_factor(cfg, n_train: int) -> Callable[[int], float]:
@@ -207,7 +226,7 @@ def _val_samples(df: pd.DataFrame) -> list[Instruction]:
     return eval_samples(df, "emotion") + [s for s in eval_samples(df, "reason") if s.target]
 
 
-def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cfg,
+def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cfg, quantize: str = "none",
          on_step: Callable[[dict], None] | None = None, on_epoch: Callable[[dict], None] | None = None,
          checkpoint: Callable[[Stage2, int], None] | None = None) -> TuneResult:
     from accelerate import Accelerator
@@ -221,10 +240,10 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
         raise TrainError("stage 2: the training split is empty (no clip with split 'train' has features)")
     if val_df.empty:
         val_df = train_df
-    dtype = resolve_dtype(cfg.dtype, cfg.device)
-    accel = Accelerator(cpu=cfg.device == "cpu", mixed_precision="bf16" if dtype == torch.bfloat16 else "no",
-                        gradient_accumulation_steps=cfg.grad_accum)
-    m = build(stage1_dir, lm_dir, data, cfg)
+    device = resolve_device(cfg.device, "tune.device")
+    # mixed precision is our autocast (esva.precision, Stage2.dtype), never accelerate's process-wide state
+    accel = Accelerator(cpu=device == "cpu", mixed_precision="no", gradient_accumulation_steps=cfg.grad_accum)
+    m = build(stage1_dir, lm_dir, data, cfg, quantize)
     params = [p for p in m.llm.parameters() if p.requires_grad] + list(m.projector.parameters())
     if cfg.train_stage1:
         params += [p for p in m.stage1.parameters() if p.requires_grad]
@@ -243,7 +262,7 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
         losses = []
         for i in range(0, len(samples), cfg.batch_size):
             part = samples[i:i + cfg.batch_size]
-            with accel.accumulate(m.llm, m.projector), accel.autocast():
+            with accel.accumulate(m.llm, m.projector):
                 loss, n_tok = m.loss([by_id[s.clip_id] for s in part], part)
                 if not torch.isfinite(loss):
                     raise TrainError(f"stage 2: non-finite loss at epoch {epoch}, step {step}; batch clips "
@@ -325,9 +344,11 @@ def save(m: Stage2, out: Path, resolved: dict, stage1_dir: Path) -> None:
         json.dump(cfg, fh, indent=2, default=str)
 
 
-def load(model_dir: Path, lm_dir: Path, device: str = "cpu") -> Stage2:
-    """A saved stage 2 for generation, in a fresh process: base LLM from `lm_dir`, the adapter through
-    `PeftModel.from_pretrained`, the projectors and stage 1 from `model_dir`."""
+def load(model_dir: Path, lm_dir: Path, device: str = "cpu", dtype: str | None = None, quantize: str | None = None,
+         cache_mb: int = 512) -> Stage2:
+    """A saved stage 2 for generation, in a fresh process: base LLM from `lm_dir` (in the dtype and
+    quantization it was tuned with, unless given), the adapter through `PeftModel.from_pretrained`, the
+    projectors and stage 1 from `model_dir`."""
     from peft import PeftModel
     from safetensors.torch import load_file
 
@@ -339,7 +360,11 @@ def load(model_dir: Path, lm_dir: Path, device: str = "cpu") -> Stage2:
     with cfg_path.open("r", encoding="utf-8") as fh:
         cfg = json.load(fh)
     source, revision, remote = resolve_base(lm_dir)
-    base, tok = load_base(source, revision, remote)
+    device = resolve_device(device, "tune.device")
+    dtype = dtype or cfg.get("tune", {}).get("dtype", "fp32")
+    quantize = quantize or cfg.get("precision", {}).get("quantize", "none")
+    wdt = weights_dtype(dtype, device)
+    base, tok = load_base(source, revision, remote, dtype=wdt, quantize=quantize, device=device)
     proj_state = load_file(str(model_dir / "projector.safetensors"))
     saved = int(proj_state["proj.audio.1.weight"].shape[0])
     have = int(base.config.hidden_size)
@@ -359,5 +384,5 @@ def load(model_dir: Path, lm_dir: Path, device: str = "cpu") -> Stage2:
     stage1, _ = load_stage1(model_dir / "stage1")
     codec = PromptCodec(tok, cfg["video_tokens"] + 1, cfg["audio_tokens"] + 2, cfg["max_length"], cfg["max_new_tokens"])
     return to_device(Stage2(stage1, projector, llm, tok, codec, cfg["rates"], cfg["audio_tokens"], cfg["video_tokens"],
-                            config=cfg), device)
+                            cache=ByteLRU(cache_mb << 20), config=cfg, dtype=wdt), device)
 

@@ -154,7 +154,7 @@ def run(p: Params, manifest: Path, features_dir: Path, model_dir: Path, lm_dir: 
 
 def generate(p: Params, df: pd.DataFrame, gold: dict[str, pd.DataFrame], features_dir: Path, model_dir: Path,
              lm_dir: Path) -> dict[str, pd.DataFrame]:
-    m = load(model_dir, lm_dir, p.tune.device)
+    m = load(model_dir, lm_dir, p.tune.device, cache_mb=p.tune.feature_cache_mb)
     ids = sorted(set().union(*[set(g["clip_id"]) for g in gold.values()]))
     sub = df[df["clip_id"].isin(ids)]
     data = load_features(sub, {n: Path(features_dir) / f"{n}.zarr" for n in NEEDS}, NEEDS, labelled_only=False)

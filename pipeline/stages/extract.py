@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from esva import __version__
+from esva.precision import precision_record
 from esva.config import config_hash
 from esva.data.manifest import corpus_of, manifest_fingerprint, read_manifest
 from esva.encoders import REGISTRY, load_encoder
@@ -86,7 +87,8 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
         "stage": stage, "corpus": corpus, "encoder": name, "checkpoint": prov, "revision": cfg.revision,
         "layers": list(encoder.layers), "dim": encoder.dim, "frame_rate": encoder.frame_rate,
         "input_rate": rate_in, "dtype": "float16", "utterance": "mean over valid frames, float32",
-        "compute_dtype": str(encoder.dtype).replace("torch.", ""), "params": cfg.model_dump(mode="json"),
+        "compute_dtype": str(encoder.dtype).replace("torch.", ""),
+        "precision": precision_record(cfg.dtype, encoder.device, encoder.dtype), "params": cfg.model_dump(mode="json"),
         "params_hash": config_hash(cfg), "code_version": __version__,
     }
     with RaggedWriter(out, feature_fields(encoder.layers, encoder.dim), attrs, fp) as writer:
@@ -105,7 +107,7 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
     store = open_store(out)
     report.extra.update({
         "encoder": name, "checkpoint": prov["checkpoint"], "dim": encoder.dim, "layers": list(encoder.layers),
-        "compute_dtype": attrs["compute_dtype"], "frames": int(sum(store.meta(c)["frames"] for c in store.ids())),
+        "compute_dtype": attrs["compute_dtype"], "precision": attrs["precision"], "frames": int(sum(store.meta(c)["frames"] for c in store.ids())),
         "padded": sum("padded_from" in store.meta(c) for c in store.ids()),
         "store_bytes": sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()),
     })

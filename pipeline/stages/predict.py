@@ -65,7 +65,7 @@ def check_features(p: Params, trained: dict, names) -> None:
 def run(p: Params, videos: list[Path], model_dir: Path, lm_dir: Path, encoders_dir: Path,
         transcripts: dict[str, str] | None = None, workdir: Path | None = None) -> list[dict]:
     transcripts = transcripts or {}
-    m = load(model_dir, lm_dir, p.tune.device)  # a missing or mismatched model is an error before any video is touched
+    m = load(model_dir, lm_dir, p.tune.device, cache_mb=p.tune.feature_cache_mb)  # a missing or mismatched model is an error before any video is touched
     names = tuple(dict.fromkeys(tuple(m.stage1.use) + NEEDS))
     check_features(p, m.config.get("features", {}), names)
     results: list[dict] = []

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from esva import LABELS, __version__
 from esva.config import ConfigError, Params, apply_overrides
 from esva.data.manifest import read_manifest
+from esva.precision import precision_record, resolve_device, resolve_dtype
 from esva.train.stage1 import alignment_scores, load_features, predict, scores, train
 from pipeline.common import log
 
@@ -58,7 +59,9 @@ def run(p: Params, manifest: Path, features_dir: Path, out: Path, metrics_dir: P
         p = variant_params(p, variant)
     use = p.features.use
     df = read_manifest(manifest)
-    data = load_features(df, {n: Path(features_dir) / f"{n}.zarr" for n in use}, use)
+    data = load_features(df, {n: Path(features_dir) / f"{n}.zarr" for n in use}, use, cache_mb=p.train.feature_cache_mb)
+    device = resolve_device(p.train.device, "train.device")
+    precision = precision_record(p.train.dtype, device, resolve_dtype(p.train.dtype, device))
     lost = len(data.skipped) / max(len(df), 1)
     if lost > p.train.max_skip_ratio:
         raise ConfigError(f"train: {len(data.skipped)} of {len(df)} clips lack a label or features "
@@ -69,7 +72,8 @@ def run(p: Params, manifest: Path, features_dir: Path, out: Path, metrics_dir: P
     resolved = {"variant": variant, "use": list(use), "labels": list(LABELS), "dims": data.dims, "rates": data.rates,
                 "features": {"use": list(use)}, "msfe": p.msfe.model_dump(mode="json"),
                 "contrast": p.contrast.model_dump(mode="json"), "align": p.align.model_dump(mode="json"),
-                "train": p.train.model_dump(mode="json"), "code_version": __version__, "corpus": data.corpus}
+                "train": p.train.model_dump(mode="json"), "code_version": __version__, "corpus": data.corpus,
+                "precision": precision}
 
     def checkpoint(model, epoch):  # the last good (best so far) weights are always on disk
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
@@ -92,16 +96,17 @@ def run(p: Params, manifest: Path, features_dir: Path, out: Path, metrics_dir: P
         live.end()
     checkpoint(result.model, result.best_epoch)
     test = data.split("test")
-    pred = predict(result.model, test, use, p.train.batch_size, "cpu")
+    pred = predict(result.model, test, use, p.train.batch_size, dtype=result.dtype)  # on the model's device
     test_scores = scores(test, pred)
-    val_scores = scores(data.split("val"), predict(result.model, data.split("val"), use, p.train.batch_size, "cpu"))
+    val_scores = scores(data.split("val"), predict(result.model, data.split("val"), use, p.train.batch_size,
+                                                   dtype=result.dtype))
     align = alignment_scores(test, pred, p.align.rate, fps=p.align.rate)
     summary = {
         "corpus": data.corpus, "split": "test", "variant": variant or "main", "features_use": list(use),
         # effective switches: MSFE needs hubert, alignment needs hubert and align.video in features.use
         "msfe": result.model.msfe is not None and result.model.msfe.enabled,
         "align": result.model.aligner is not None, "test": test_scores, "val": val_scores,
-        "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stopped_early": result.stopped_early,
+        "precision": precision, "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stopped_early": result.stopped_early,
         "clips": {"train": len(data.split("train")), "val": len(data.split("val")), "test": len(test),
                   "skipped": len(data.skipped)},
         "msfe_scale_weights": (result.model.msfe.scale_weights.detach().tolist()

@@ -13,6 +13,7 @@ from esva.data.manifest import read_manifest
 from esva.encoders.base import checkpoint_identity
 from esva.models.llm import resolve_base
 from esva.models.projector import NEEDS
+from esva.precision import dtype_name, precision_record, resolve_device, weights_dtype
 from esva.store import open as open_store
 from esva.train.stage1 import load_features
 from esva.train.stage2 import save, tune
@@ -25,16 +26,21 @@ def run(p: Params, manifest: Path, features_dir: Path, stage1_dir: Path, lm_dir:
     cfg = p.tune
     t0 = time.perf_counter()
     df = read_manifest(manifest)
-    data = load_features(df, {n: Path(features_dir) / f"{n}.zarr" for n in NEEDS}, NEEDS)
+    data = load_features(df, {n: Path(features_dir) / f"{n}.zarr" for n in NEEDS}, NEEDS, cache_mb=cfg.feature_cache_mb)
     lost = len(data.skipped) / max(len(df), 1)
     if lost > cfg.max_skip_ratio:
         raise ConfigError(f"tune: {len(data.skipped)} of {len(df)} clips lack a label or features "
                           f"({lost:.1%} > tune.max_skip_ratio={cfg.max_skip_ratio}), e.g. {list(data.skipped.items())[:5]}")
     source, revision, _ = resolve_base(lm_dir)
+    device = resolve_device(cfg.device, "tune.device")
     out = Path(out)
     resolved = {"tune": cfg.model_dump(mode="json"), "labels": list(LABELS),
                 "base": {"checkpoint": source, "revision": revision, "identity": checkpoint_identity(source, revision)},
                 "stage1": str(stage1_dir), "corpus": data.corpus, "code_version": __version__,
+                "precision": {**precision_record(cfg.dtype, device, weights_dtype(cfg.dtype, device)),
+                              "base_weights": dtype_name(weights_dtype(cfg.dtype, device)),
+                              "trainable": "fp32", "quantize": p.llm.quantize,
+                              "grad_checkpointing": cfg.grad_checkpointing},
                 # how each feature store was made (what `esva predict` must reproduce on new videos)
                 "features": {n: output_params(open_store(Path(features_dir) / f"{n}.zarr").attrs["params"])
                              for n in ENCODERS if (Path(features_dir) / f"{n}.zarr").exists()}}
@@ -60,7 +66,7 @@ def run(p: Params, manifest: Path, features_dir: Path, stage1_dir: Path, lm_dir:
     def checkpoint(model, epoch):  # the best weights so far are always on disk
         save(model, out, {**resolved, "epoch": epoch}, stage1_dir)
 
-    res = tune(data, df, stage1_dir, lm_dir, cfg, on_step=on_step, on_epoch=on_epoch, checkpoint=checkpoint)
+    res = tune(data, df, stage1_dir, lm_dir, cfg, p.llm.quantize, on_step=on_step, on_epoch=on_epoch, checkpoint=checkpoint)
     train_seconds = time.perf_counter() - t0
     if live is not None:
         live.end()
@@ -73,7 +79,7 @@ def run(p: Params, manifest: Path, features_dir: Path, stage1_dir: Path, lm_dir:
     summary = {
         "corpus": data.corpus, "split": "val",
         "note": "synthetic corpus: not a result on MER2023 or any real benchmark" if data.corpus == "synthetic" else None,
-        "base": resolved["base"]["checkpoint"], "best_epoch": res.best_epoch, "epochs": cfg.epochs,
+        "base": resolved["base"]["checkpoint"], "precision": resolved["precision"], "best_epoch": res.best_epoch, "epochs": cfg.epochs,
         "val_accuracy": best["val_accuracy"], "val_unparseable_share": best["val_unparseable_share"],
         "val_loss": best["val_loss"], "steps": res.steps, "answer_tokens_trained": res.tokens,
         "train_seconds": round(train_seconds, 1),
