@@ -18,6 +18,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from esva.precision import autocast, dtype_name, resolve_device, resolve_dtype
+
 log = logging.getLogger(__name__)
 
 
@@ -50,12 +52,14 @@ def pack(tokenizer, docs: list[str], block: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def perplexity(model, rows: torch.Tensor, batch_size: int) -> float:
+def perplexity(model, rows: torch.Tensor, batch_size: int, dtype: torch.dtype = torch.float32) -> float:
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(rows), batch_size):
-        x = rows[i:i + batch_size]
-        logits = model(input_ids=x).logits
+        x = rows[i:i + batch_size].to(device)
+        with autocast(str(device), dtype):
+            logits = model(input_ids=x).logits.float()
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
         total, count = total + float(loss), count + x[:, 1:].numel()
     return math.exp(total / max(count, 1))
@@ -67,6 +71,7 @@ class LmResult:
     val_perplexity: float | None
     initial_val_perplexity: float | None
     tokens_per_epoch: int
+    precision: str = "fp32"  # the autocast dtype the pretraining ran in
 
 
 def pretrain(model, tokenizer, train_docs: list[str], val_docs: list[str], cfg,
@@ -77,9 +82,10 @@ def pretrain(model, tokenizer, train_docs: list[str], val_docs: list[str], cfg,
     set_seed(cfg.seed)
     rows = pack(tokenizer, train_docs, cfg.block)
     val = pack(tokenizer, val_docs, cfg.block) if val_docs else None
-    start_ppl = perplexity(model, val, cfg.batch_size) if val is not None else None
-    device = torch.device(cfg.device)
+    device = torch.device(resolve_device(cfg.device, "llm.device"))
+    dtype = resolve_dtype(cfg.dtype, str(device))  # autocast; the weights and AdamW stay fp32
     model.to(device)
+    start_ppl = perplexity(model, val, cfg.batch_size, dtype) if val is not None else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.95))
     steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -93,8 +99,9 @@ def pretrain(model, tokenizer, train_docs: list[str], val_docs: list[str], cfg,
         losses = []
         for i in range(0, len(rows), cfg.batch_size):
             x = rows[order[i:i + cfg.batch_size]].to(device)
-            logits = model(input_ids=x).logits
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+            with autocast(str(device), dtype):
+                logits = model(input_ids=x).logits
+                loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), x[:, 1:].reshape(-1))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"llm pretraining: non-finite loss at epoch {epoch}")
             opt.zero_grad()
@@ -105,9 +112,9 @@ def pretrain(model, tokenizer, train_docs: list[str], val_docs: list[str], cfg,
             losses.append(float(loss.detach()))
         rec = {"epoch": epoch, "train_loss": float(np.mean(losses))}
         if val is not None:
-            rec["val_perplexity"] = perplexity(model, val.to(device), cfg.batch_size)
+            rec["val_perplexity"] = perplexity(model, val, cfg.batch_size, dtype)
         history.append(rec)
         if on_epoch:
             on_epoch(rec)
     model.cpu().eval()
-    return LmResult(history, history[-1].get("val_perplexity"), start_ppl, int(rows.numel()))
+    return LmResult(history, history[-1].get("val_perplexity"), start_ppl, int(rows.numel()), dtype_name(dtype))

@@ -80,7 +80,7 @@ def _tiny(cfg: LlmConfig, train_df, val_df, out: Path, metrics_dir: Path | None)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("lm: tiny LLaMA (%.2fM parameters, vocab %d), validation perplexity %.2f -> %.2f", n_params / 1e6,
              len(tok), res.initial_val_perplexity or float("nan"), res.val_perplexity or float("nan"))
-    return {"parameters": n_params, "vocab_size": len(tok), "tokens_per_epoch": res.tokens_per_epoch,
+    return {"parameters": n_params, "vocab_size": len(tok), "precision": res.precision, "tokens_per_epoch": res.tokens_per_epoch,
             "epochs": cfg.epochs, "val_perplexity_initial": res.initial_val_perplexity,
             "val_perplexity": res.val_perplexity, "final_train_loss": res.history[-1]["train_loss"],
             "identity": checkpoint_identity(out)}

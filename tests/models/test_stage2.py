@@ -333,3 +333,40 @@ def test_training_stage1_too_changes_it_uses_no_stale_cache_and_saves_it(world, 
     stage2.save(res.model, tmp_path / "s2", {"tune": cfg.model_dump(mode="json"), "base": {}}, world["stage1"])
     saved = load_file(str(tmp_path / "s2" / "stage1" / "model.safetensors"))
     assert all(torch.equal(saved[k], after[k]) for k in changed)
+
+
+# ----------------------------------------------------------------------------- precision (tests/test_precision.py states the tolerances)
+
+def _batch_loss(m, world):
+    samples = training_samples(world["df"][world["df"].split == "train"], {"emotion": 1.0}, seed=0, epoch=1)[:6]
+    by_id = {c.clip_id: c for c in world["data"].clips}
+    with torch.no_grad():
+        return float(m.loss([by_id[s.clip_id] for s in samples], samples, grad=False)[0])
+
+
+def test_bf16_base_with_fp32_adapters_matches_fp32_on_the_same_weights(world):
+    torch.manual_seed(0)
+    m32 = stage2.build(world["stage1"], world["lm"], world["data"], TUNE)
+    torch.manual_seed(0)
+    m16 = stage2.build(world["stage1"], world["lm"], world["data"], TUNE.model_copy(update={"dtype": "bf16"}))
+    assert m16.dtype == torch.bfloat16 and m32.dtype == torch.float32
+    frozen = {p.dtype for n, p in m16.llm.named_parameters() if not p.requires_grad}
+    trained = {p.dtype for n, p in m16.llm.named_parameters() if p.requires_grad}
+    assert frozen == {torch.bfloat16} and trained == {torch.float32}  # the base in bf16, the LoRA in fp32
+    assert {p.dtype for p in m16.projector.parameters()} == {torch.float32}
+    l32, l16 = _batch_loss(m32, world), _batch_loss(m16, world)
+    assert abs(l16 - l32) <= 0.05 * l32, (l16, l32)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_tune_auto_precision_follows_the_hardware_check(world, monkeypatch, native):
+    """`auto` tunes and generates in bf16 where the CPU has it natively, fp32 elsewhere (the check mocked)."""
+    from esva import precision
+
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: native)
+    cfg = TUNE.model_copy(update={"dtype": "auto", "epochs": 1})
+    res = stage2.tune(world["data"], world["df"], world["stage1"], world["lm"], cfg)
+    want = torch.bfloat16 if native else torch.float32
+    assert res.model.dtype == want
+    assert {p.dtype for p in res.model.llm.parameters() if not p.requires_grad} == {want}
+    assert np.isfinite(res.history[0]["train_loss"]) and res.val_answers  # it trained and generated
