@@ -373,6 +373,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__, "rss_method": "/usr/bin/time -v" if time_v() else "os.wait4 ru_maxrss",
         "units": "MB = 10^6 bytes; 8 GB = 8000 MB",
         "feature_cache_mb": cache, "overrides": args.overrides,
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},  # glibc tunables in force
         "dims": DIMS, "frame_rates": RATES, "seconds_per_clip": [2.0, 8.0], "seed": args.seed,
         "settings": {"train": "train.epochs=1, align.warmup_epochs=1 (two passes over the training split, "
                               "then validation and test predictions)",
