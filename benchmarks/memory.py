@@ -16,7 +16,13 @@ each under `/usr/bin/time -v` (else `os.wait4`), so the peak RSS is that command
 target: peak RSS at factor x N at most 1.3x that at N, and under 8 GB (8000 MB), for both commands.
 Writes metrics/bench_memory.json. Random features: a memory benchmark, not a result on any corpus.
 
-    python -m benchmarks.memory                      # N=100 and 10N=1000 clips (about 12 min on 2 cores, ~1 GB disk)
+Reading the numbers: the feature cache may hold up to feature_cache_mb (at N=300 the corpus is smaller
+than the default 512 MiB, at 3000 it is not), so `ratios_less_cache_estimate` also gives the ratio with
+that share taken out. The peak includes what glibc keeps in its heap after large frees; with a fixed
+mmap threshold (`MALLOC_MMAP_THRESHOLD_=131072 python -m benchmarks.memory`, recorded in `malloc_env`)
+the peak is closer to the memory actually live. `--repeats 3` reports medians of three runs.
+
+    python -m benchmarks.memory                      # N=300 and 10N=3000 clips (~7 min on 2 idle cores, 2.6 GB disk)
     python -m benchmarks.memory --n 40 --factor 2    # a quick run
     python -m benchmarks.memory --keep               # keep the generated sets (reused by the next run)
 """
@@ -42,7 +48,6 @@ import numpy as np
 from benchmarks.report import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
-ESVA = Path(sys.executable).with_name("esva")
 GENERATOR = 1  # bump when the generated data change, so kept sets are rebuilt
 MARKER = "bench_memory_data.json"
 RATIO_TARGET = 1.3
@@ -268,9 +273,36 @@ def measure(cmd: list[str], log_path: Path) -> dict:
     return rec
 
 
+def measure_repeated(cmd: list[str], log_path: Path, repeats: int) -> dict:
+    """`measure` `repeats` times; the peak RSS and seconds reported are the medians (the peak varies from run
+    to run with how the allocator's heap fragments), every run's peak is listed."""
+    runs = []
+    for r in range(repeats):
+        runs.append(measure(cmd, log_path if r == 0 else log_path.with_name(f"{log_path.stem}.{r}{log_path.suffix}")))
+        if runs[-1].get("failed"):
+            return runs[-1]
+    if repeats == 1:
+        return runs[0]
+    rec = dict(runs[0])
+    rec["peak_rss_mb"] = round(float(np.median([x["peak_rss_mb"] for x in runs])), 1)
+    rec["seconds"] = round(float(np.median([x["seconds"] for x in runs])), 1)
+    rec["peak_rss_mb_runs"] = [x["peak_rss_mb"] for x in runs]
+    rec["rss_timeline_seconds_mb"] = [x["rss_timeline_seconds_mb"] for x in runs]
+    return rec
+
+
 # ----------------------------------------------------------------------------- one size
 
-def run_size(work: Path, n: int, seed: int, params: Path, overrides: list[str], llm: Path) -> dict:
+def esva() -> str:
+    """The `esva` console script of the interpreter running this (the project's venv), else the one on PATH."""
+    beside = Path(sys.executable).with_name("esva")
+    found = str(beside) if beside.exists() else shutil.which("esva")
+    if not found:
+        raise SystemExit("the `esva` command is not installed beside this Python or on PATH (pip install -e .)")
+    return found
+
+
+def run_size(work: Path, n: int, seed: int, params: Path, overrides: list[str], llm: Path, repeats: int = 1) -> dict:
     """Generate (or reuse) the set, then measure `esva train` and `esva tune` on it. `llm` is the base
     LLM folder: trained here by `esva lm` (one epoch) when it does not exist yet, else reused."""
     data = generate(work, n, seed)
@@ -284,7 +316,7 @@ def run_size(work: Path, n: int, seed: int, params: Path, overrides: list[str], 
            "generate_seconds": data["generate_seconds"], "data_reused": data["reused"]}
     if not (llm / "source.json").exists():
         print(f"[{n} clips] esva lm (not measured against the target)", file=sys.stderr)
-        lm = measure([str(ESVA), "lm", *common, "--out", str(llm), *sets, "--set", "llm.epochs=1"], work / "logs" / "lm.log")
+        lm = measure([esva(), "lm", *common, "--out", str(llm), *sets, "--set", "llm.epochs=1"], work / "logs" / "lm.log")
         out["lm"] = {k: lm[k] for k in ("peak_rss_mb", "seconds", "command", "failed", "log_tail") if k in lm}
         if lm.get("failed"):
             shutil.rmtree(llm, ignore_errors=True)
@@ -293,17 +325,18 @@ def run_size(work: Path, n: int, seed: int, params: Path, overrides: list[str], 
     else:
         out["lm"] = {"reused": str(llm)}
     print(f"[{n} clips] esva train", file=sys.stderr)
-    out["train"] = measure([str(ESVA), "train", *common, "--features", str(work / "features"), "--out", str(work / "stage1"),
-                            "--reference", str(work / "none.json"), *sets,
-                            "--set", "train.epochs=1", "--set", "align.warmup_epochs=1"], work / "logs" / "train.log")
+    out["train"] = measure_repeated([esva(), "train", *common, "--features", str(work / "features"), "--out",
+                                     str(work / "stage1"), "--reference", str(work / "none.json"), *sets,
+                                     "--set", "train.epochs=1", "--set", "align.warmup_epochs=1"],
+                                    work / "logs" / "train.log", repeats)
     if out["train"].get("failed"):
         out["tune"] = {"skipped": "esva train failed"}
         return out
     print(f"[{n} clips] esva tune", file=sys.stderr)
-    out["tune"] = measure([str(ESVA), "tune", *common, "--features", str(work / "features"), "--stage1", str(work / "stage1"),
-                           "--llm", str(llm), "--out", str(work / "stage2"), *sets,
-                           "--set", "tune.epochs=1", "--set", "tune.tasks={emotion: 1.0}", "--set", "tune.max_new_tokens=8"],
-                          work / "logs" / "tune.log")
+    out["tune"] = measure_repeated([esva(), "tune", *common, "--features", str(work / "features"), "--stage1",
+                                    str(work / "stage1"), "--llm", str(llm), "--out", str(work / "stage2"), *sets,
+                                    "--set", "tune.epochs=1", "--set", "tune.tasks={emotion: 1.0}",
+                                    "--set", "tune.max_new_tokens=8"], work / "logs" / "tune.log", repeats)
     for stage in ("train", "tune"):
         try:
             out[stage]["clips_used"] = json.loads((work / "metrics" / f"{stage}.json").read_text()).get("clips")
@@ -341,17 +374,22 @@ def _cpu_model() -> str:
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=100, help="clips in the smaller set (N); default 100 (about 12 min on 2 cores)")
+    ap.add_argument("--n", type=int, default=300, help="clips in the smaller set (N)")
     ap.add_argument("--factor", type=int, default=10, help="the larger set has factor x N clips")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("/tmp/esva-bench-memory"),
                     help="sets go to WORK/N<clips>, the base LLM to WORK/llm")
-    ap.add_argument("--keep", action="store_true", help="keep the generated sets (a later run with the same n reuses them)")
+    ap.add_argument("--keep", action="store_true", help="keep the generated sets (a later run with the same n and "
+                    "seed reuses them); without it they are removed at the end")
+    ap.add_argument("--repeats", type=int, default=1, help="run train and tune this many times per size; "
+                    "report the median peak (the peak varies from run to run)")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="params override for every command, e.g. --set train.feature_cache_mb=64 (repeatable)")
     ap.add_argument("--out", type=Path, default=Path("metrics/bench_memory.json"))
     args = ap.parse_args(argv)
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
     if args.factor < 2:
         raise SystemExit(f"--factor must be >= 2, got {args.factor}")
 
@@ -374,7 +412,7 @@ def main(argv: list[str] | None = None) -> dict:
         "units": "MB = 10^6 bytes; 8 GB = 8000 MB",
         "feature_cache_mb": cache, "overrides": args.overrides,
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},  # glibc tunables in force
-        "dims": DIMS, "frame_rates": RATES, "seconds_per_clip": [2.0, 8.0], "seed": args.seed,
+        "dims": DIMS, "frame_rates": RATES, "seconds_per_clip": [2.0, 8.0], "seed": args.seed, "repeats": args.repeats,
         "settings": {"train": "train.epochs=1, align.warmup_epochs=1 (two passes over the training split, "
                               "then validation and test predictions)",
                      "tune": "tune.epochs=1, tune.tasks={emotion: 1.0}, tune.max_new_tokens=8 (one epoch: "
@@ -388,7 +426,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, n in sizes:
             work = args.work / f"N{n}"
             try:
-                rec = run_size(work, n, args.seed, args.params.resolve(), args.overrides, llm)
+                rec = run_size(work, n, args.seed, args.params.resolve(), args.overrides, llm, args.repeats)
             finally:
                 if not args.keep and (work / MARKER).exists():
                     shutil.rmtree(work, ignore_errors=True)
@@ -409,7 +447,8 @@ def main(argv: list[str] | None = None) -> dict:
             ae, be = small[cmd]["peak_rss_mb_less_cache_estimate"], big[cmd]["peak_rss_mb_less_cache_estimate"]
             result["ratios_less_cache_estimate"][cmd] = round(be / ae, 3)
     result["meets_target"]["overall"] = result["meets_target"]["train"] and result["meets_target"]["tune"]
-    fits = [c for c in ("train", "tune") if small[c].get("cache_fill_mb_estimate", 0) < cache[c] * 2 ** 20 / 1e6]
+    fits = [c for c in ("train", "tune") if "cache_fill_mb_estimate" in small[c]
+            and small[c]["cache_fill_mb_estimate"] < cache[c] * 2 ** 20 / 1e6]
     if fits:
         budgets = ", ".join(f"{c}.feature_cache_mb={cache[c]}" for c in fits)
         result["caveat"] = (f"at N the features that {' and '.join(fits)} read fit in the feature cache ({budgets}), "
