@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import write_result
+from benchmarks.report import cpu_name, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATOR = 1  # bump when the generated data change, so kept sets are rebuilt
@@ -358,19 +358,6 @@ def _cache_estimate(rec: dict, cmd: str, cache_mb: int) -> None:
     run["peak_rss_mb_less_cache_estimate"] = round(run["peak_rss_mb"] - run["cache_fill_mb_estimate"], 1)
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -407,7 +394,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "a memory benchmark, not a result on any corpus",
         "target": f"peak RSS at {factor_name} <= {RATIO_TARGET}x that at N and < 8 GB",
         "command": shlex.join(["python", "-m", "benchmarks.memory", *argv]),
-        "device": "cpu", "cpu": _cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "device": "cpu", "cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "rss_method": "/usr/bin/time -v" if time_v() else "os.wait4 ru_maxrss",
         "units": "MB = 10^6 bytes; 8 GB = 8000 MB",
         "feature_cache_mb": cache, "overrides": args.overrides,

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import resource
 import shlex
 import shutil
@@ -48,7 +47,7 @@ from typing import Callable
 import torch
 
 from benchmarks.extract import large_config as hubert_large_config
-from benchmarks.report import write_result
+from benchmarks.report import cpu_name, write_result
 from benchmarks.tune import LLAMA2_7B
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,17 +221,6 @@ def rss_now_gib() -> float | None:
     except OSError:
         pass
     return None
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _where(exc_info) -> dict | None:

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import write_result
+from benchmarks.report import cpu_name, write_result
 
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
@@ -67,18 +67,8 @@ def main() -> None:
                 "every library held to AVX2; fp32 (the embedded default)",
         "corpus": "synthetic", "command": "python -m benchmarks.portability", "runs": runs, "abs_difference": diff,
         "identical": a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"], "committed_metrics_train": committed,
-        "env_avx2": AVX2, "cpu": _cpu(), "cores": os.cpu_count(),
+        "env_avx2": AVX2, "cpu": cpu_name(), "cores": os.cpu_count(),
     }, args.out)
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

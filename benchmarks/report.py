@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 
@@ -14,3 +15,15 @@ def write_result(result: dict, out: Path) -> dict:
         fh.write("\n")
     print(json.dumps(result, indent=2))
     return result
+
+
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (else what platform knows), for every benchmark's JSON."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

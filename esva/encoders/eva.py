@@ -77,14 +77,13 @@ class EvaEncoder:
     frame_rate = None  # one vector per clip
 
     def __init__(self, source: str | Path, cfg, revision: str | None = None) -> None:
+        self.device = resolve_device(cfg.device, f"features.{self.name}.device")
         tower = _load_from_blip2(source)
         if tower is None:
             self.model, self.dtype, pre = load_frozen(Blip2VisionModel, source, cfg, revision)
         else:
-            device = resolve_device(cfg.device, f"features.{self.name}.device")
-            self.model = freeze(tower).to(device)
-            self.dtype, pre = resolve_dtype(cfg.dtype, device), preprocessor(Path(str(source)))
-        self.device = resolve_device(cfg.device, f"features.{self.name}.device")
+            self.model = freeze(tower).to(self.device)
+            self.dtype, pre = resolve_dtype(cfg.dtype, self.device), preprocessor(Path(str(source)))
         c = self.model.config
         self.mean = pre.get("image_mean", CLIP_MEAN)
         self.std = pre.get("image_std", CLIP_STD)
