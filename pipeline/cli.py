@@ -269,5 +269,18 @@ def sync_baseline(out: Annotated[Path, typer.Option(help="reference metrics file
     stage.run(_params(params, set_).align.max_shift, decoded, faces, manifest, out)
 
 
+@app.command()
+@friendly
+def convert(checkpoint: Annotated[str, typer.Argument(help="a checkpoint folder or hub id that ships pytorch_model.bin")],
+            out: Annotated[Path, typer.Argument(help="new folder for the safetensors copy")],
+            revision: Annotated[Optional[str], typer.Option(help="hub revision (branch, tag, commit)")] = None) -> None:
+    """Write a .bin checkpoint as safetensors once (read with torch's weights_only loader, every tensor
+    compared after writing); point `features.<encoder>.checkpoint` at OUT afterwards."""
+    from esva.checkpoints import convert as run_convert
+
+    rep = run_convert(checkpoint, out, revision)
+    typer.echo(f"{rep['source']} -> {rep['out']}: {rep['tensors']} tensors in {', '.join(rep['files'])}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -4,8 +4,9 @@
 - `tiny`: the real architecture class with a small config and seeded random weights, saved once with
   save_pretrained into `models_dir/<name>/` and always loaded back through from_pretrained;
 - `minilm` (text only): the bundled, sha256-checked all-MiniLM-L6-v2;
-- a local directory: checked (exists, config.json of the right model_type, safetensors) before use;
-- anything else is a hub id (the `paper` profile), loaded with `revision`, safetensors only.
+- a local directory, or a hub id (the `paper` profile) with `revision`, resolved to its snapshot in the
+  Hugging Face cache: checked (exists, config.json of the right model_type, weight files) before use.
+Every checkpoint loads completely or fails (esva.checkpoints); `.bin` files are read weights_only.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from esva.encoders import eva, hubert, mae, text, videomae
-from esva.encoders.base import CheckpointError, check_local_checkpoint, checkpoint_identity
+from esva.checkpoints import Located, locate
+from esva.encoders.base import CheckpointError, checkpoint_identity
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,8 @@ REGISTRY: dict[str, Entry] = {
 }
 
 
-def resolve_checkpoint(name: str, cfg, models_dir: Path) -> tuple[str, dict]:
-    """Where the weights come from, checked before any clip is processed. Returns (source, provenance)."""
+def resolve_checkpoint(name: str, cfg, models_dir: Path) -> tuple[Located, dict]:
+    """Where the weights come from, checked before any clip is processed. Returns (located, provenance)."""
     if name not in REGISTRY:
         raise CheckpointError(f"unknown encoder {name!r}; choose from {sorted(REGISTRY)}")
     entry = REGISTRY[name]
@@ -63,33 +65,32 @@ def resolve_checkpoint(name: str, cfg, models_dir: Path) -> tuple[str, dict]:
             entry.module.save_tiny(path, cfg.seed)
             with marker.open("w", encoding="utf-8") as fh:
                 json.dump(want, fh, indent=1)
-        check_local_checkpoint(path, entry.module.MODEL_TYPES, name)
-        return str(path), {"checkpoint": "tiny", "path": str(path), "weights": "random (tiny preset)",
-                           "identity": checkpoint_identity(path)}
+        loc = locate(path, None, name, entry.module.MODEL_TYPES)
+        return loc, {"checkpoint": "tiny", "path": str(path), "weights": "random (tiny preset)",
+                     "identity": checkpoint_identity(path)}
     if ck == "minilm":
         if name != "text":
             raise CheckpointError(f"features.{name}.checkpoint=minilm is only for the text encoder")
         path = text.minilm_dir()
-        return str(path), {"checkpoint": "minilm", "path": str(path), "sha256": text.MINILM_SHA256,
+        return locate(path, None, name, entry.module.MODEL_TYPES), {"checkpoint": "minilm", "path": str(path), "sha256": text.MINILM_SHA256,
                            "identity": text.MINILM_SHA256[:16]}
-    p = Path(ck)
-    looks_local = p.is_absolute() or ck.startswith((".", "~")) or p.exists() or ck.count("/") != 1
-    if looks_local:
-        p = p.expanduser()
-        check_local_checkpoint(p, entry.module.MODEL_TYPES, name)
-        return str(p), {"checkpoint": ck, "path": str(p.resolve()), "identity": checkpoint_identity(p)}
-    return ck, {"checkpoint": ck, "revision": cfg.revision, "identity": checkpoint_identity(ck, cfg.revision)}
+    loc = locate(ck, cfg.revision, name, entry.module.MODEL_TYPES)
+    prov = {"checkpoint": ck, "path": str(loc.path.resolve()), "identity": checkpoint_identity(loc.path)}
+    if loc.hub:
+        prov.update(hub=True, revision=cfg.revision or "main", snapshot=loc.path.name)
+    return loc, prov
 
 
 def load_encoder(name: str, cfg, models_dir: Path):
     """Build encoder `name` from its config; errors (missing path, wrong architecture) come first."""
-    source, prov = resolve_checkpoint(name, cfg, models_dir)
+    loc, prov = resolve_checkpoint(name, cfg, models_dir)
     try:
-        enc = REGISTRY[name].encoder(source, cfg, revision=cfg.revision)
+        enc = REGISTRY[name].encoder(loc, cfg)
     except CheckpointError:
         raise
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot load the {name} checkpoint {source!r}: {exc}") from None
+        raise CheckpointError(f"cannot load the {name} checkpoint {loc.describe()!r}: {exc}") from None
+    prov.update(enc.load_report)
     return enc, prov
 
 

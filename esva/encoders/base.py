@@ -4,9 +4,10 @@ An encoder has `name`, `dim`, `frame_rate` (frames per second of its frame-level
 tokens), `layers` (the feature names it returns) and `encode(batch) -> {layer: (B, T, D)}` plus
 `output_lengths(batch) -> (B,)`. It runs frozen, under `eval()` and `torch.inference_mode()`.
 
-Checkpoints load through `from_pretrained` only: safetensors (never pickles), and
-`trust_remote_code` off unless the config turns it on. A checkpoint that is missing or of another
-architecture is an error before any clip is processed.
+Checkpoints load through `esva.checkpoints` only: a local directory or a hub id (its cached snapshot),
+safetensors or `.bin` read with torch's weights_only loader, and `trust_remote_code` off unless the
+config turns it on. A checkpoint that is missing, of another architecture, or that does not provide
+every tensor of the module is an error before any clip is processed.
 """
 
 from __future__ import annotations
@@ -21,13 +22,10 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import torch
 
+from esva.checkpoints import CheckpointError, Located, load_complete, locate  # noqa: F401
 from esva.precision import autocast, cpu_supports_bf16, resolve_device, resolve_dtype  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: missing, wrong architecture, unsafe format. Names the path."""
 
 
 @dataclass
@@ -108,28 +106,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def check_local_checkpoint(path: Path, model_types: Sequence[str], what: str) -> dict:
-    """A local checkpoint directory must exist, hold config.json of an expected model_type, and
-    safetensors weights. Returns the config dict."""
-    if not path.exists():
-        raise CheckpointError(f"{what} checkpoint not found: {path}")
-    if not path.is_dir():
-        raise CheckpointError(f"{what} checkpoint must be a directory with config.json, got a file: {path}")
-    cfg_file = path / "config.json"
-    if not cfg_file.exists():
-        raise CheckpointError(f"{what} checkpoint {path} has no config.json")
-    with cfg_file.open("r", encoding="utf-8") as fh:
-        cfg = json.load(fh)
-    mt = cfg.get("model_type")
-    if mt not in model_types:
-        raise CheckpointError(f"{what} checkpoint {path} is a {mt!r} model; expected model_type in {list(model_types)}")
-    if not any(path.glob("*.safetensors")):
-        pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
-        hint = f" (found {pickles}: convert them to safetensors; esva does not load pickles)" if pickles else ""
-        raise CheckpointError(f"{what} checkpoint {path} has no *.safetensors weights{hint}")
-    return cfg
-
-
 def preprocessor(path: Path) -> dict:
     f = path / "preprocessor_config.json"
     if f.exists():
@@ -145,7 +121,7 @@ def checkpoint_identity(path: Path | str, revision: str | None = None) -> str:
     if not p.is_dir():
         return f"hub:{path}@{revision or 'main'}"
     h = hashlib.sha256()
-    for f in sorted(p.glob("*.json")) + sorted(p.glob("*.safetensors")):
+    for f in sorted(p.glob("*.json")) + sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")):
         if f.name == "source.json":  # esva's own provenance note, not part of the weights
             continue
         h.update(f.name.encode())
@@ -185,12 +161,13 @@ def save_tiny_model(cls, config, path: Path, seed: int, preprocessor_config: dic
             json.dump(preprocessor_config, fh)
 
 
-def load_frozen(cls, source: str | Path, cfg, revision: str | None, **kwargs):
-    """from_pretrained (safetensors only), frozen, on cfg.device; returns (model, compute dtype,
-    the checkpoint's preprocessor config when it is a local directory)."""
-    model = freeze(cls.from_pretrained(str(source), revision=revision, use_safetensors=True,
-                                       trust_remote_code=cfg.trust_remote_code, **kwargs))
+def load_frozen(cls, loc: Located, cfg, what: str, allow_unexpected: Sequence[str] = (),
+                key_mapping: dict[str, str] | None = None, **kwargs):
+    """The module from a located checkpoint, complete or an error (esva.checkpoints), frozen, on cfg.device.
+    Returns (model, compute dtype, preprocessor config, load report)."""
+    model, report = load_complete(cls, loc, what, allow_unexpected=allow_unexpected, key_mapping=key_mapping,
+                                  trust_remote_code=cfg.trust_remote_code, **kwargs)
+    model = freeze(model)
     device = resolve_device(cfg.device, "features.*.device")
     model.to(device)
-    pre = preprocessor(Path(str(source))) if Path(str(source)).is_dir() else {}
-    return model, resolve_dtype(cfg.dtype, device), pre
+    return model, resolve_dtype(cfg.dtype, device), preprocessor(loc.path), report

@@ -3,23 +3,22 @@
 Emotion-LLaMA encodes the peak frame with EVA; esva picks `features.eva.frame`: first, middle, or
 peak (the frame farthest, in mean absolute pixel difference, from the clip's median face, as an
 offline stand-in for the AU-intensity peak). Output: the post-layernorm CLS vector (T = 1). Paper
-preset: Salesforce/blip2-opt-2.7b's vision tower; a local directory holding either a vision-only
-checkpoint (model_type blip_2_vision_model) or a full BLIP-2 checkpoint (model_type blip-2, whose
-`vision_model.*` weights are read from its safetensors) both work.
+preset: Salesforce/blip2-opt-2.7b's vision tower. A hub id or a local directory holding either a
+vision-only checkpoint (model_type blip_2_vision_model) or a full BLIP-2 checkpoint (model_type blip-2,
+whose `vision_model.*` tensors are mapped onto the tower) both work, and both load every tower tensor
+or fail.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from transformers import Blip2VisionConfig, Blip2VisionModel
 
-from esva.encoders.base import (resolve_device, Batch, CheckpointError, autocast, freeze, layer_names, load_frozen, preprocessor,
-                                resolve_dtype, save_tiny_model, select_layers, to_float_image)
+from esva.encoders.base import (Batch, Located, autocast, layer_names, load_frozen, resolve_device, save_tiny_model,
+                                select_layers, to_float_image)
 
 NAME = "eva"
 MODEL_TYPES = ("blip_2_vision_model", "blip-2")
@@ -38,25 +37,20 @@ def save_tiny(path: Path, seed: int) -> None:
         "image_std": list(CLIP_STD), "size": {"height": 56, "width": 56}})
 
 
-def _load_from_blip2(source: str | Path) -> Blip2VisionModel | None:
-    """The vision tower of a whole local BLIP-2 checkpoint, or None when `source` is not one."""
-    src = Path(str(source))
-    cfg_file = src / "config.json"
-    if not cfg_file.is_file():
-        return None
-    with cfg_file.open("r", encoding="utf-8") as fh:
-        full = json.load(fh)
-    if full.get("model_type") != "blip-2":
-        return None
-    model = Blip2VisionModel(Blip2VisionConfig(**full["vision_config"]))
-    state = {}
-    for f in sorted(src.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as st:
-            state.update({k[len("vision_model."):]: st.get_tensor(k) for k in st.keys() if k.startswith("vision_model.")})
-    missing, _ = model.load_state_dict(state, strict=False)
-    if missing:
-        raise CheckpointError(f"BLIP-2 checkpoint {src} lacks vision weights: {missing[:5]} ...")
-    return model
+# A full BLIP-2 checkpoint (model_type blip-2) holds the vision tower under `vision_model.`; the Q-Former,
+# the language model and the projections around it are not ours to load.
+BLIP2_KEY_MAPPING = {r"^vision_model\.": ""}
+BLIP2_OTHER_PARTS = (r"qformer\.", r"language_model\.", r"query_tokens$", r"language_projection\.",
+                     r"vision_projection\.", r"text_projection\.", r"itm_head\.")
+
+
+def load_tower(loc: Located, cfg):
+    """The vision tower, exactly: from a vision-only checkpoint as it is, from a full BLIP-2 checkpoint
+    (hub id or folder, sharded or not) through the `vision_model.` key mapping. Both fail unless every
+    tower tensor comes from the checkpoint."""
+    if loc.config.get("model_type") == "blip-2":
+        return load_frozen(Blip2VisionModel, loc, cfg, NAME, BLIP2_OTHER_PARTS, key_mapping=BLIP2_KEY_MAPPING)
+    return load_frozen(Blip2VisionModel, loc, cfg, NAME)
 
 
 def pick_frame(frames: np.ndarray, how: str) -> int:
@@ -76,14 +70,9 @@ class EvaEncoder:
     min_length = 1
     frame_rate = None  # one vector per clip
 
-    def __init__(self, source: str | Path, cfg, revision: str | None = None) -> None:
+    def __init__(self, loc: Located, cfg) -> None:
         self.device = resolve_device(cfg.device, f"features.{self.name}.device")
-        tower = _load_from_blip2(source)
-        if tower is None:
-            self.model, self.dtype, pre = load_frozen(Blip2VisionModel, source, cfg, revision)
-        else:
-            self.model = freeze(tower).to(self.device)
-            self.dtype, pre = resolve_dtype(cfg.dtype, self.device), preprocessor(Path(str(source)))
+        self.model, self.dtype, pre, self.load_report = load_tower(loc, cfg)
         c = self.model.config
         self.mean = pre.get("image_mean", CLIP_MEAN)
         self.std = pre.get("image_std", CLIP_STD)

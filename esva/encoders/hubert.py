@@ -15,12 +15,16 @@ import numpy as np
 import torch
 from transformers import HubertConfig, HubertModel
 
-from esva.encoders.base import Batch, resolve_device, autocast, layer_names, load_frozen, save_tiny_model, select_layers
+from esva.encoders.base import (Batch, Located, autocast, layer_names, load_frozen, resolve_device, save_tiny_model,
+                                select_layers)
 
 NAME = "hubert"
 MODEL_TYPES = ("hubert",)
 PAPER_CHECKPOINT = "TencentGameMate/chinese-hubert-large"
 SAMPLE_RATE = 16000
+# checkpoint parts that are not the encoder: the time-mask embedding (esva never masks), a CTC head,
+# fairseq pretraining heads
+ALLOW_UNEXPECTED = (r"masked_spec_embed$", r"lm_head\.", r"label_embs_concat$", r"final_proj\.")
 
 
 def tiny_config() -> HubertConfig:
@@ -42,8 +46,9 @@ class HubertEncoder:
     modality = "audio"
     name = NAME
 
-    def __init__(self, source: str | Path, cfg, revision: str | None = None) -> None:
-        self.model, self.dtype, pre = load_frozen(HubertModel, source, cfg, revision, mask_time_prob=0.0)
+    def __init__(self, loc: Located, cfg) -> None:
+        self.model, self.dtype, pre, self.load_report = load_frozen(HubertModel, loc, cfg, NAME, ALLOW_UNEXPECTED,
+                                                                    mask_time_prob=0.0)
         self.device = resolve_device(cfg.device, f"features.{self.name}.device")
         c = self.model.config
         self.do_normalize = bool(pre.get("do_normalize", True))

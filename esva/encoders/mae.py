@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from transformers import ViTMAEConfig, ViTMAEModel
 
-from esva.encoders.base import (resolve_device, IMAGENET_MEAN, IMAGENET_STD, Batch, autocast, layer_names, load_frozen,
+from esva.encoders.base import (resolve_device, IMAGENET_MEAN, IMAGENET_STD, Batch, Located, autocast, layer_names, load_frozen,
                                 save_tiny_model, select_layers, to_float_image)
 
 NAME = "mae"
 MODEL_TYPES = ("vit_mae",)
 PAPER_CHECKPOINT = "facebook/vit-mae-large"
+ALLOW_UNEXPECTED = (r"decoder\.",)  # ViTMAEForPreTraining's pixel decoder
 
 
 def tiny_config() -> ViTMAEConfig:
@@ -39,8 +40,9 @@ class MaeEncoder:
     name = NAME
     min_length = 1
 
-    def __init__(self, source: str | Path, cfg, revision: str | None = None) -> None:
-        self.model, self.dtype, pre = load_frozen(ViTMAEModel, source, cfg, revision, mask_ratio=0.0)
+    def __init__(self, loc: Located, cfg) -> None:
+        self.model, self.dtype, pre, self.load_report = load_frozen(ViTMAEModel, loc, cfg, NAME, ALLOW_UNEXPECTED,
+                                                                    mask_ratio=0.0)
         self.device = resolve_device(cfg.device, f"features.{self.name}.device")
         c = self.model.config
         self.mean = pre.get("image_mean", IMAGENET_MEAN)

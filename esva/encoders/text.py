@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from esva.encoders.base import (resolve_device, Batch, CheckpointError, autocast, layer_names, load_frozen, save_tiny_model,
+from esva.encoders.base import (resolve_device, Batch, CheckpointError, Located, autocast, layer_names, load_frozen, save_tiny_model,
                                 select_layers, sha256_file)
 
 NAME = "text"
@@ -59,10 +59,10 @@ class TextEncoder:
     min_length = 0  # an empty transcript still has [CLS] [SEP]
     frame_rate = None  # tokens
 
-    def __init__(self, source: str | Path, cfg, revision: str | None = None) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(str(source), revision=revision,
-                                                       trust_remote_code=cfg.trust_remote_code)
-        self.model, self.dtype, _ = load_frozen(BertModel, source, cfg, revision, add_pooling_layer=False)
+    def __init__(self, loc: Located, cfg) -> None:
+        self.tokenizer = AutoTokenizer.from_pretrained(str(loc.path), trust_remote_code=cfg.trust_remote_code)
+        self.model, self.dtype, _, self.load_report = load_frozen(BertModel, loc, cfg, NAME, (r"pooler\.",),
+                                                                  add_pooling_layer=False)
         self.device = resolve_device(cfg.device, f"features.{self.name}.device")
         self.dim = self.model.config.hidden_size
         self.max_tokens = min(cfg.max_tokens, self.model.config.max_position_embeddings)

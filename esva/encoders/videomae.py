@@ -16,12 +16,14 @@ import numpy as np
 import torch
 from transformers import VideoMAEConfig, VideoMAEModel
 
-from esva.encoders.base import (resolve_device, IMAGENET_MEAN, IMAGENET_STD, Batch, autocast, layer_names, load_frozen,
+from esva.encoders.base import (resolve_device, IMAGENET_MEAN, IMAGENET_STD, Batch, Located, autocast, layer_names, load_frozen,
                                 save_tiny_model, select_layers, to_float_image)
 
 NAME = "videomae"
 MODEL_TYPES = ("videomae",)
 PAPER_CHECKPOINT = "MCG-NJU/videomae-large"
+# VideoMAEForPreTraining's decoder and mask token; a fine-tuned model's classification head
+ALLOW_UNEXPECTED = (r"decoder\.", r"encoder_to_decoder\.", r"mask_token$", r"fc_norm\.", r"classifier\.")
 
 
 def tiny_config() -> VideoMAEConfig:
@@ -40,8 +42,8 @@ class VideoMaeEncoder:
     name = NAME
     min_length = 1  # shorter clips are padded to a window by repeating the last frame
 
-    def __init__(self, source: str | Path, cfg, revision: str | None = None) -> None:
-        self.model, self.dtype, pre = load_frozen(VideoMAEModel, source, cfg, revision)
+    def __init__(self, loc: Located, cfg) -> None:
+        self.model, self.dtype, pre, self.load_report = load_frozen(VideoMAEModel, loc, cfg, NAME, ALLOW_UNEXPECTED)
         self.device = resolve_device(cfg.device, f"features.{self.name}.device")
         c = self.model.config
         self.mean = pre.get("image_mean", IMAGENET_MEAN)

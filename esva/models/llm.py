@@ -116,22 +116,33 @@ def quantization_config(quantize: str, compute: torch.dtype):
                               bnb_4bit_compute_dtype=torch.bfloat16 if compute == torch.float32 else compute)
 
 
+LLM_ALLOW_UNEXPECTED = (r".*\.rotary_emb\.inv_freq$",)  # a buffer older checkpoints saved; recomputed from the config
+
+
 def load_base(source: str, revision: str | None = None, trust_remote_code: bool = False,
               dtype: torch.dtype = torch.float32, quantize: str = "none", device: str = "cpu"):
-    """The frozen base LLM and its tokenizer (safetensors only), its weights in `dtype` (bf16 for the
+    """The frozen base LLM and its tokenizer, complete or an error (esva.checkpoints: a local folder or a hub
+    id's cached snapshot, safetensors or weights_only `.bin`), its weights in `dtype` (bf16 for the
     paper preset: a 7B model is 13.5 GB instead of 27) or quantized with bitsandbytes (`llm.quantize`),
     then placed on `device`. A pad id is set when the tokenizer has none (Llama-2 has none): it only
     fills masked positions."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from esva.checkpoints import CheckpointError, load_complete, locate
+
     qcfg = quantization_config(quantize, dtype)
     extra = {"quantization_config": qcfg, "device_map": {"": device}} if qcfg is not None else {}
     try:
-        tok = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code,
-                                                     use_safetensors=True, dtype=dtype, **extra)
+        loc = locate(source, revision, "base LLM")
+        tok = AutoTokenizer.from_pretrained(str(loc.path), trust_remote_code=trust_remote_code)
+        model, report = load_complete(AutoModelForCausalLM, loc, "base LLM", allow_unexpected=LLM_ALLOW_UNEXPECTED,
+                                      digest=False, hash_files=False, trust_remote_code=trust_remote_code, dtype=dtype,
+                                      **extra)
+    except CheckpointError as exc:
+        raise LlmError(str(exc)) from None
     except (OSError, ValueError, ImportError) as exc:
         raise LlmError(f"cannot load the base LLM {source!r}: {exc}") from None
+    model.esva_load_report = report
     if tok.pad_token_id is None:
         tok.pad_token = tok.unk_token or tok.eos_token
     model.requires_grad_(False)

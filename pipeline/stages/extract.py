@@ -106,7 +106,9 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
         writer.update_attrs(skipped={s.clip_id: s.reason for s in skips})
     store = open_store(out)
     report.extra.update({
-        "encoder": name, "checkpoint": prov["checkpoint"], "dim": encoder.dim, "layers": list(encoder.layers),
+        "encoder": name, "checkpoint": prov["checkpoint"], "weights_format": prov.get("format"),
+        "tensors_loaded": prov.get("tensors_loaded"), "tensors_expected": prov.get("tensors_expected"),
+        "weights_sha256": prov.get("weights_sha256"), "dim": encoder.dim, "layers": list(encoder.layers),
         "compute_dtype": attrs["compute_dtype"], "precision": attrs["precision"], "frames": int(sum(store.meta(c)["frames"] for c in store.ids())),
         "padded": sum("padded_from" in store.meta(c) for c in store.ids()),
         "store_bytes": sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()),

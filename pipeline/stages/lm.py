@@ -37,10 +37,14 @@ def run(cfg: LlmConfig, manifest: Path, out: Path, metrics_dir: Path | None = Pa
             raise LlmError(f"{manifest}: no clip with split 'train' to pretrain the tiny LLM on")
         report.update(_tiny(cfg, train_df, val_df, out, metrics_dir))
     else:
-        p = Path(cfg.checkpoint).expanduser()
-        if (p.is_absolute() or cfg.checkpoint.startswith(".")) and not p.is_dir():
-            raise LlmError(f"llm.checkpoint {cfg.checkpoint!r} is not a directory")
-        report["identity"] = checkpoint_identity(p if p.is_dir() else cfg.checkpoint, cfg.revision)
+        from esva.checkpoints import CheckpointError, locate
+
+        try:  # the folder or the hub id's cached snapshot, with its config and weight files, before anything else
+            loc = locate(cfg.checkpoint, cfg.revision, "llm")
+        except CheckpointError as exc:
+            raise LlmError(str(exc)) from None
+        report.update(identity=checkpoint_identity(loc.path), path=str(loc.path), format=loc.format,
+                      files=[f.name for f in loc.files])
     with (out / "source.json").open("w", encoding="utf-8") as fh:
         json.dump({"checkpoint": cfg.checkpoint, "revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code,
                    "params": cfg.model_dump(mode="json"), "corpus": corpus, "code_version": __version__}, fh, indent=2)

@@ -106,28 +106,6 @@ def test_eva_one_vector_from_the_peak_frame(models):
     assert bigger.encode(bigger.collate(["a"], [frames]))["last"].shape == (1, 1, 64)
 
 
-def test_eva_from_a_full_blip2_checkpoint(models, tmp_path):
-    from transformers import Blip2Config, Blip2Model, Blip2QFormerConfig, OPTConfig
-
-    from esva.encoders.eva import tiny_config
-
-    cfg = Blip2Config(vision_config=tiny_config().to_dict(),
-                      qformer_config=Blip2QFormerConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                                        intermediate_size=64, encoder_hidden_size=64).to_dict(),
-                      text_config=OPTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, ffn_dim=64,
-                                            vocab_size=100, word_embed_proj_dim=32).to_dict(),
-                      num_query_tokens=4)
-    torch.manual_seed(3)
-    full = Blip2Model(cfg).eval()
-    full.save_pretrained(tmp_path / "blip2", safe_serialization=True)
-    enc = _enc("eva", models, checkpoint=str(tmp_path / "blip2"), frame="first")
-    frames = _faces(2, 0)
-    b = enc.collate(["a"], [frames])
-    with torch.inference_mode():
-        ref = full.vision_model(b.inputs["pixel_values"]).pooler_output
-    torch.testing.assert_close(enc.encode(b)["last"][:, 0], ref, atol=1e-5, rtol=1e-4)
-
-
 def test_text_minilm_is_real_and_padding_free(models):
     enc = _enc("text", models)
     assert enc.dim == 384
@@ -154,8 +132,8 @@ def test_bf16_autocast_matches_float32(models):
 
 
 def test_tiny_checkpoint_goes_through_save_and_from_pretrained(models):
-    src, prov = resolve_checkpoint("hubert", CFG["hubert"], models)
-    assert (Path(src) / "config.json").exists() and (Path(src) / "model.safetensors").exists()
+    loc, prov = resolve_checkpoint("hubert", CFG["hubert"], models)
+    assert (loc.path / "config.json").exists() and (loc.path / "model.safetensors").exists()
     assert prov["weights"].startswith("random")
     again, prov2 = resolve_checkpoint("hubert", CFG["hubert"], models)
     assert prov2["identity"] == prov["identity"]  # built once, reused
@@ -166,13 +144,16 @@ def test_tiny_checkpoint_goes_through_save_and_from_pretrained(models):
 def test_bad_checkpoints_are_clear_errors(models, tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint not found: .*nowhere"):
         load_encoder("hubert", CFG["hubert"].model_copy(update={"checkpoint": str(tmp_path / "nowhere")}), models)
-    mae_dir, _ = resolve_checkpoint("mae", CFG["mae"], models)
+    mae_dir = str(resolve_checkpoint("mae", CFG["mae"], models)[0].path)
     with pytest.raises(CheckpointError, match="is a 'vit_mae' model; expected model_type in \\['hubert'\\]"):
         load_encoder("hubert", CFG["hubert"].model_copy(update={"checkpoint": mae_dir}), models)
     pick = tmp_path / "pickled"
     shutil.copytree(mae_dir, pick)
-    (pick / "model.safetensors").rename(pick / "pytorch_model.bin")
-    with pytest.raises(CheckpointError, match="no \\*.safetensors weights.*pytorch_model.bin"):
+    (pick / "model.safetensors").rename(pick / "weights.pt")
+    with pytest.raises(CheckpointError, match="has no weights: expected model.safetensors.*found \\['weights.pt'\\]"):
+        load_encoder("mae", CFG["mae"].model_copy(update={"checkpoint": str(pick)}), models)
+    (pick / "weights.pt").rename(pick / "pytorch_model.bin")  # safetensors bytes under a pickle's name
+    with pytest.raises(CheckpointError, match="cannot load the mae checkpoint .*pickled \\(pytorch_model.bin\\)"):
         load_encoder("mae", CFG["mae"].model_copy(update={"checkpoint": str(pick)}), models)
 
 

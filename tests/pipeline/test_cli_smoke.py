@@ -106,6 +106,52 @@ def test_extract_through_the_cli(chain, encoder):
     assert rep["done"] == 6 and rep["corpus"] == "synthetic" and rep["encoder"] == encoder
     store = open_store(d / f"{encoder}.zarr")
     assert len(store.ids()) == 6 and store.attrs["checkpoint"]["checkpoint"] in ("tiny", "minilm")
+    assert rep["tensors_loaded"] == rep["tensors_expected"] == store.attrs["checkpoint"]["tensors_expected"] > 10
+    assert len(rep["weights_sha256"]) == 64
+
+
+def test_eva_by_hub_id_from_a_full_blip2_repo_through_the_cli(chain, tmp_path, monkeypatch):
+    """features.eva.checkpoint: Salesforce/blip2-opt-2.7b, resolved offline from the HF cache: the stored
+    vectors are those of the repo's own vision tower."""
+    import numpy as np
+    import torch
+
+    from esva.encoders.eva import pick_frame
+    from esva.encoders.base import to_float_image
+    from tests.encoders.test_checkpoints import _full_blip2
+    from tests.hubcache import put_repo
+
+    d, _ = chain
+    full = _full_blip2(seed=11)
+    full.save_pretrained(tmp_path / "blip2", max_shard_size="200KB")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    put_repo(tmp_path / "hf", "Salesforce/blip2-opt-2.7b", tmp_path / "blip2")
+    res = esva("extract", "eva", "--params", str(ROOT / "params.yaml"), "--set",
+               "features.eva.checkpoint=Salesforce/blip2-opt-2.7b", "--out", str(tmp_path / "eva.zarr"),
+               "--faces", str(d / "faces.zarr"), "--models", str(tmp_path / "models"), "--metrics", str(tmp_path / "m"))
+    assert res.exit_code == 0, res.output
+    store, faces = open_store(tmp_path / "eva.zarr"), open_store(d / "faces.zarr")
+    assert store.attrs["checkpoint"]["hub"] and store.attrs["checkpoint"]["checkpoint_tensors_ignored"] > 0
+    cid = store.ids()[0]
+    frames = faces.read(cid)["faces"]
+    img = frames[pick_frame(frames, "peak")][None]
+    px = to_float_image(img, 56, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    with torch.inference_mode():
+        want = full.vision_model(px).pooler_output[0].numpy()
+    got = np.asarray(store.read(cid)["last"], dtype=np.float32).reshape(-1)
+    np.testing.assert_allclose(got, want, atol=2e-3, rtol=2e-3)  # float16 storage
+
+
+def test_convert_writes_safetensors_through_the_cli(tmp_path):
+    from tests.encoders.test_checkpoints import _hubert_bin_repo
+
+    _, binary = _hubert_bin_repo(tmp_path)
+    res = esva("convert", str(binary), str(tmp_path / "out"))
+    assert res.exit_code == 0, res.output
+    assert "tensors in model.safetensors" in res.output and (tmp_path / "out" / "model.safetensors").exists()
+    res = esva("convert", str(tmp_path / "out"), str(tmp_path / "again"))
+    assert res.exit_code == 2 and "already ships safetensors" in res.output
 
 
 def test_extract_rejects_unknown_encoders_and_checkpoints(tmp_path):
