@@ -27,6 +27,7 @@ from transformers import HubertConfig, HubertModel
 
 from benchmarks.report import write_result
 
+from esva.checkpoints import locate
 from esva.config import HubertFeatures, SynthConfig
 from esva.data.synthetic import sample_spec, synth_audio
 from esva.encoders.engine import feature_fields, run_extraction
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         HubertModel(cfg).save_pretrained(td / "ckpt", safe_serialization=True)
         feat_cfg = HubertFeatures(checkpoint=str(td / "ckpt"), dtype=args.dtype, device=args.device,
                                   batch_budget=int(args.budget_seconds * 16000))
-        enc = HubertEncoder(td / "ckpt", feat_cfg)
+        enc = HubertEncoder(locate(td / "ckpt", None, "hubert"), feat_cfg)
         enc.budget = feat_cfg.batch_budget
         model = enc.model  # the same weights for both
         mm = matmul_gflops(args.device)

@@ -169,7 +169,10 @@ class VideoMaeFeatures(EncoderConfig):
 class EvaFeatures(EncoderConfig):
     batch_budget: int = Field(16, ge=1)  # images per batch
     frame: Literal["first", "middle", "peak"] = "peak"  # peak: the frame farthest from the clip's median face
-    image_size: int | None = None  # None: the checkpoint's own resolution
+    image_size: int | None = None  # None: the checkpoint's own resolution (Emotion-LLaMA: 448)
+    # also store Emotion-LLaMA's visual tokens for stage 2 (tune.layout): `patches` (every patch token) and `cls`,
+    # the last layer's output through MiniGPT-v2's ln_vision (a LayerNorm without affine)
+    tokens: bool = True
 
 
 class TextFeatures(EncoderConfig):
@@ -295,13 +298,18 @@ class LlmConfig(Strict):
         return self
 
 
+TEXT_LIMITS = {"max_new_tokens": 500, "answer_tokens": 1024}  # Emotion-LLaMA's eval max_new_tokens, train max_txt_len
+
+
 class TuneConfig(Strict):
     """Stage 2: LoRA instruction tuning with projected audio and video tokens (`esva tune`)."""
 
     seed: int = 0
     tasks: dict[str, float] = {"emotion": 1.0, "reason": 0.5, "ov": 0.5}  # samples per clip and epoch
-    audio_tokens: int = Field(8, ge=1)  # MSFE output pooled to this many tokens
-    video_tokens: int = Field(8, ge=1)  # the aligned video sequence pooled to this many tokens
+    layout: Literal["esva", "emotion_llama"] = "esva"  # stage-2 token layout (esva/models/projector.py)
+    init_from: str | None = None  # Emotion-LLaMA's or MiniGPT-v2's released .pth: LoRA and projections start from it
+    audio_tokens: int = Field(8, ge=1)  # esva layout: MSFE output pooled to this many tokens (Emotion-LLaMA: 1)
+    video_tokens: int = Field(8, ge=1)  # esva layout: the aligned video sequence pooled to this many tokens
     lora_r: int = Field(64, ge=1)
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
@@ -320,7 +328,9 @@ class TuneConfig(Strict):
     # under autocast; the LoRA, the projectors and the optimizer stay fp32
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
     max_length: int | None = None  # the context; null: the base LLM's
-    max_new_tokens: int = Field(96, ge=4)  # longest answer (reasons); training answers are cut to it, counted
+    # text limits; null: the preset's (Emotion-LLaMA: answers cut at 1024 tokens in training, 500 new tokens at evaluation)
+    max_new_tokens: int | None = Field(None, ge=4)  # longest generated answer (reasons)
+    answer_tokens: int | None = Field(None, ge=4)  # training answers are cut to this many tokens, counted
     eval_batch_size: int = Field(16, ge=1)
     feature_cache_mb: int = Field(512, ge=0)  # features streamed from the stores through a cache of this size
     max_skip_ratio: float = Field(0.1, ge=0.0, le=1.0)
@@ -330,9 +340,9 @@ class TuneConfig(Strict):
     @field_validator("tasks")
     @classmethod
     def _tasks(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = [k for k in v if k not in ("emotion", "reason", "ov")]
+        bad = [k for k in v if k not in ("emotion", "reason", "reason_v2", "ov")]
         if bad:
-            raise ValueError(f"unknown tasks {bad}; choose from ['emotion', 'reason', 'ov']")
+            raise ValueError(f"unknown tasks {bad}; choose from ['emotion', 'reason', 'reason_v2', 'ov']")
         if min(v.values(), default=0.0) < 0 or max(v.values(), default=0.0) <= 0:
             raise ValueError(f"tune.tasks weights must be >= 0 with one > 0, got {v}")
         return v

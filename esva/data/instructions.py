@@ -1,13 +1,18 @@
 """Instruction data for stage 2, built from the manifest, and the parsing of generated answers.
 
-Every sample follows one template (DESIGN.md section 4, Emotion-LLaMA's layout):
+Every sample follows Emotion-LLaMA's template (first_face.py), inside Llama-2-chat's `[INST] ... [/INST]`:
 
-    <video><VideoHere></video> <feature><FeatureHere></feature> The person in video says: {transcript}. [{task}] {instruction}
+    <video><VideoHere></video> <feature><FeatureHere></feature> The person in video says: {transcript}.  [{task}] {instruction}
 
-Three tasks: `emotion` (target: the label word; the instruction lists the label set), `reason`
-(target: the reasoning text) and `ov` (target: a comma-separated open-vocabulary label list). Each
-task has several phrasings; training draws one per sample (seeded), evaluation picks one per clip
-from a hash of its id, so a run is reproducible and no phrasing is favoured.
+Tasks, with Emotion-LLaMA's instruction texts:
+- `emotion`: the target is the label word; the instruction lists Emotion-LLaMA's nine labels;
+- `reason`: the coarse reasoning text (MERR_coarse_grained `caption`; the manifest's `reason`);
+- `reason_v2`: the fine reasoning text (MERR_fine_grained `smp_reason_caption`; the manifest's `reason_fine`
+  where a corpus has it);
+- `ov` (esva's own, for MER2024-OV): a comma-separated open-vocabulary label list.
+Reasoning targets are normalised as Emotion-LLaMA's `blip_caption` does: lower case, `.!"()*#:;~` as spaces,
+whitespace collapsed, at most 200 words. Training draws one phrasing per sample (seeded); evaluation picks
+one per clip from a hash of its id, so a run is reproducible and no phrasing is favoured.
 """
 
 from __future__ import annotations
@@ -21,31 +26,41 @@ import pandas as pd
 
 from esva import LABELS
 
-TASKS = ("emotion", "reason", "ov")
+TASKS = ("emotion", "reason", "reason_v2", "ov")
 
 VIDEO_SLOT = "<VideoHere>"
 FEATURE_SLOT = "<FeatureHere>"
 TEMPLATE = ("<video>" + VIDEO_SLOT + "</video> <feature>" + FEATURE_SLOT
-            + "</feature> The person in video says: {transcript}. [{task}] {instruction}")
+            + "</feature> The person in video says: {transcript}.  [{task}] {instruction} ")
 
+# Emotion-LLaMA's nine labels, in the order its [emotion] instruction lists them
+EMOTION_LLAMA_LABELS = ("happy", "sad", "neutral", "angry", "worried", "surprise", "fear", "contempt", "doubt")
+_REASON = (
+    "Please analyze all the clues in the video and reason out the emotional label of the person in the video.",
+    "What is the emotional state of the person in the video? Please tell me the reason.",
+    "What are the facial expressions and vocal tone used in the video? What is the intended meaning behind his "
+    "words? Which emotion does this reflect?",
+    "Please integrate information from various modalities to infer the emotional category of the person in the video.",
+    "Could you describe the emotion-related features of the individual in the video? What emotional category do "
+    "they fall into?",
+)
 PHRASINGS: dict[str, tuple[str, ...]] = {
-    "emotion": (
-        "Which emotion does the person show? Answer with one word from: {labels}.",
-        "Classify the emotion of the person in this video as one of {labels}.",
-        "What is the emotional state of the speaker? Choose one of {labels}.",
-        "Identify the person's emotion. Options: {labels}. Reply with the label only.",
-    ),
-    "reason": (
-        "Explain which audio and visual cues reveal how the person feels.",
-        "Describe the voice, the face and the words, and what they say about the emotion.",
-        "Give the reasons for the emotion you perceive, using the sound and the face.",
-    ),
+    "emotion": ("Please determine which emotion label in the video represents: {labels}.",),
+    "reason": _REASON,
+    "reason_v2": _REASON,
     "ov": (
         "List every emotion word that describes the person, separated by commas.",
         "Which emotions can you recognise? Give a comma-separated list.",
         "Name all the emotions the person may feel, as a comma-separated list of words.",
     ),
 }
+CAPTION_WORDS = 200
+
+
+def caption_text(text: str, max_words: int = CAPTION_WORDS) -> str:
+    """Emotion-LLaMA's normalisation of reasoning answers (blip_caption)."""
+    t = re.sub(r"[.!\"()*#:;~]", " ", str(text).lower())
+    return " ".join(re.sub(r"\s{2,}", " ", t).strip().split(" ")[:max_words]).strip()
 
 
 @dataclass(frozen=True)
@@ -59,7 +74,7 @@ class Instruction:
     target: str = ""
 
 
-def instruction_text(task: str, phrasing: int, labels: tuple[str, ...] = LABELS) -> str:
+def instruction_text(task: str, phrasing: int, labels: tuple[str, ...] = EMOTION_LLAMA_LABELS) -> str:
     if task not in PHRASINGS:
         raise ValueError(f"unknown task {task!r}; choose from {list(TASKS)}")
     options = PHRASINGS[task]
@@ -71,8 +86,11 @@ def target_text(row, task: str) -> str | None:
     if task == "emotion":
         lab = row.label
         return str(lab) if isinstance(lab, str) and lab else None
-    if task == "reason":
-        return str(row.reason).strip() or None
+    if task in ("reason", "reason_v2"):
+        text = getattr(row, "reason" if task == "reason" else "reason_fine", None)
+        if text is None or (isinstance(text, float) and np.isnan(text)):
+            return None
+        return caption_text(text) or None
     ov = [str(w).strip().lower() for w in (row.ov_labels if row.ov_labels is not None else []) if str(w).strip()]
     return ", ".join(dict.fromkeys(ov)) or None
 
@@ -83,7 +101,7 @@ def clip_phrasing(clip_id: str) -> int:
 
 
 def training_samples(df: pd.DataFrame, mix: dict[str, float], seed: int, epoch: int,
-                     labels: tuple[str, ...] = LABELS) -> list[Instruction]:
+                     labels: tuple[str, ...] = EMOTION_LLAMA_LABELS) -> list[Instruction]:
     """One epoch of samples. `mix[task]` is the expected number of samples per clip and epoch:
     its integer part is always drawn, its fraction with that probability (seeded by seed and epoch)."""
     rng = np.random.default_rng([seed, epoch])
@@ -103,7 +121,7 @@ def training_samples(df: pd.DataFrame, mix: dict[str, float], seed: int, epoch: 
     return [out[i] for i in order]
 
 
-def eval_samples(df: pd.DataFrame, task: str, labels: tuple[str, ...] = LABELS,
+def eval_samples(df: pd.DataFrame, task: str, labels: tuple[str, ...] = EMOTION_LLAMA_LABELS,
                  with_targets: bool = True) -> list[Instruction]:
     """One sample per clip for `task`, the phrasing chosen by clip id; targets kept for scoring."""
     out = []

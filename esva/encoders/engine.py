@@ -105,12 +105,14 @@ def run_extraction(encoder, lengths: dict[str, int], load: Callable[[str], Any],
         batch = encoder.collate(batch_ids, items)
         out = {k: v.float().cpu() for k, v in encoder.encode(batch).items()}  # features leave the device here
         out_len = encoder.output_lengths(batch).cpu()
-        utt = {name: masked_mean(x, out_len) for name, x in out.items()}
+        fixed = getattr(encoder, "fixed_lengths", {})  # fields of their own length (EVA's patch tokens)
+        lens = {name: torch.full_like(out_len, fixed[name]) if name in fixed else out_len for name in out}
+        utt = {name: masked_mean(x, lens[name]) for name, x in out.items()}
         for i, cid in enumerate(batch_ids):
             t = int(out_len[i])
             arrays = {}
             for name, x in out.items():
-                seq = x[i, :t]
+                seq = x[i, :int(lens[name][i])]
                 if not torch.isfinite(seq).all():
                     bad = int((~torch.isfinite(seq)).sum())
                     raise FeatureError(f"clip {cid!r}: {bad} non-finite values (NaN/Inf) in {encoder.name} layer {name!r}")

@@ -23,6 +23,8 @@ from esva.encoders.base import (Batch, Located, autocast, layer_names, load_froz
 NAME = "eva"
 MODEL_TYPES = ("blip_2_vision_model", "blip-2")
 PAPER_CHECKPOINT = "Salesforce/blip2-opt-2.7b"
+TOKEN_FIELDS = ("cls", "patches")  # features.eva.tokens: Emotion-LLaMA's visual tokens
+LN_VISION_EPS = 1e-5  # torch.nn.LayerNorm's default, as MiniGPT-v2 builds ln_vision
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
@@ -81,6 +83,14 @@ class EvaEncoder:
         self.dim = c.hidden_size
         self.how = cfg.frame
         self.layers = layer_names(cfg.layers)
+        self.n_patches = (self.size // c.patch_size) ** 2
+        if getattr(cfg, "tokens", False):
+            clash = [n for n in TOKEN_FIELDS if n in self.layers]
+            if clash:
+                raise ValueError(f"features.eva.layers names {clash}, which features.eva.tokens stores")
+            self.layers = self.layers + TOKEN_FIELDS
+        # fields whose length is not the clip's output length (one image): the patch tokens
+        self.fixed_lengths = {"patches": self.n_patches} if "patches" in self.layers else {}
 
     def cost(self, n: int) -> int:
         return 1
@@ -97,7 +107,14 @@ class EvaEncoder:
             out = self.model(px, output_hidden_states=True, interpolate_pos_encoding=self.interpolate)
         hs = [h[:, :1] for h in out.hidden_states]
         hs[-1] = out.pooler_output[:, None]  # post-layernorm CLS
-        return {k: v.float() for k, v in select_layers(hs, self.layers).items()}
+        res = {k: v.float() for k, v in select_layers(hs, [n for n in self.layers if n not in TOKEN_FIELDS]).items()}
+        if "patches" in self.layers:
+            # Emotion-LLaMA (MiniGPT-v2): ln_vision(visual_encoder(image)), a LayerNorm created fresh and frozen,
+            # so without affine, on the last layer's output (HF's hidden_states[-1], before BLIP-2's post_layernorm)
+            x = out.hidden_states[-1].float()
+            x = torch.nn.functional.layer_norm(x, x.shape[-1:], eps=LN_VISION_EPS)
+            res["cls"], res["patches"] = x[:, :1], x[:, 1:]
+        return res
 
     def output_lengths(self, batch: Batch) -> torch.Tensor:
         return batch.lengths.clone()

@@ -7,12 +7,13 @@ import numpy as np
 import torch
 
 from esva.config import TextFeatures
+from esva.checkpoints import locate
 from esva.encoders.text import TextEncoder, minilm_dir
 
 
 class SentenceEmbedder:
     def __init__(self, batch_size: int = 32, device: str = "cpu") -> None:
-        self.encoder = TextEncoder(minilm_dir(), TextFeatures(checkpoint="minilm", max_tokens=256, device=device,
+        self.encoder = TextEncoder(locate(minilm_dir(), None, "text"), TextFeatures(checkpoint="minilm", max_tokens=256, device=device,
                                                               dtype="fp32"))
         self.batch_size = batch_size
 

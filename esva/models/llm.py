@@ -23,7 +23,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from esva.data.instructions import FEATURE_SLOT, PHRASINGS, TASKS, TEMPLATE, VIDEO_SLOT, Instruction
+from esva.data.instructions import (EMOTION_LLAMA_LABELS, FEATURE_SLOT, PHRASINGS, TASKS, TEMPLATE, VIDEO_SLOT,
+                                    Instruction)
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,10 @@ def tokenizer_corpus(df) -> list[str]:
     from esva import LABELS
 
     texts = [str(t) for t in df["transcript"]] + [str(r) for r in df["reason"]]
-    texts += [", ".join(v) for v in df["ov_labels"]] + list(LABELS)
+    texts += [", ".join(v) for v in df["ov_labels"]] + list(LABELS) + list(EMOTION_LLAMA_LABELS)
     fixed = TEMPLATE.replace(VIDEO_SLOT, " ").replace(FEATURE_SLOT, " ")
-    texts += [CHAT_OPEN + fixed.format(transcript="", task=t, instruction=p.format(labels=", ".join(LABELS))) + CHAT_CLOSE
-              for t in TASKS for p in PHRASINGS[t]]
+    texts += [CHAT_OPEN + fixed.format(transcript="", task=t, instruction=p.format(
+        labels=", ".join(EMOTION_LLAMA_LABELS))) + CHAT_CLOSE for t in TASKS for p in PHRASINGS[t]]
     return texts
 
 
@@ -186,16 +187,18 @@ class Encoded:
 class PromptCodec:
     """Tokenises instructions into one layout for training and inference.
 
-    Layout: <s> [INST] <video>{video slot}</video> <feature>{feature slot}</feature> The person in video
-    says: {transcript}. [{task}] {instruction} [/INST] {answer}</s>
+    Layout (Emotion-LLaMA's training prompt): <s> [INST] <video>{video slot}</video> <feature>{feature slot}</feature>
+    The person in video says: {transcript}.  [{task}] {instruction}  [/INST] {answer}</s>
 
-    The context budget is fixed: max_length = prompt + max_new_tokens. When a prompt does not fit, the
+    The context budget is fixed: max_length = prompt + max(max_new_tokens, answer_tokens). When a prompt does not fit, the
     transcript (and only the transcript) is shortened, the same way in training and at inference."""
 
-    def __init__(self, tokenizer, n_video: int, n_feature: int, max_length: int, max_new_tokens: int) -> None:
+    def __init__(self, tokenizer, n_video: int, n_feature: int, max_length: int, max_new_tokens: int,
+                 answer_tokens: int | None = None) -> None:
         self.tok = tokenizer
         self.n_video, self.n_feature = n_video, n_feature
         self.max_length, self.max_new_tokens = max_length, max_new_tokens
+        self.answer_tokens = answer_tokens or max_new_tokens  # training answers are cut to this many tokens
         self.pad_id = tokenizer.pad_token_id
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         self.eos_id = tokenizer.eos_token_id
@@ -204,7 +207,7 @@ class PromptCodec:
         says, after = tail.split("{transcript}")
         self._head = self._ids(CHAT_OPEN + head)
         self._mid = self._ids(mid)
-        self._says = self._ids(says)
+        self._says = self._ids(says.rstrip(" "))  # the space before the transcript goes with its first word
         self._after = after  # ". [{task}] {instruction}"
 
     def _ids(self, text: str) -> list[int]:
@@ -214,12 +217,14 @@ class PromptCodec:
         tail = self._ids(self._after.format(task=ins.task, instruction=ins.instruction) + CHAT_CLOSE)
         fixed = (len(self.bos) + len(self._head) + self.n_video + len(self._mid) + self.n_feature + len(self._says)
                  + len(tail))
-        budget = self.max_length - self.max_new_tokens - fixed
+        answer_room = max(self.max_new_tokens, self.answer_tokens)
+        budget = self.max_length - answer_room - fixed
         if budget < 0:
             raise LlmError(f"the prompt without its transcript needs {fixed} tokens ({self.n_video} video + "
-                           f"{self.n_feature} feature tokens) and the answer up to {self.max_new_tokens}, more than "
-                           f"the context of {self.max_length}: lower tune.max_new_tokens or the token counts")
-        words = self._ids(" " + ins.transcript.strip()) if ins.transcript.strip() else []
+                           f"{self.n_feature} feature tokens) and the answer up to {answer_room}, more than "
+                           f"the context of {self.max_length}: lower tune.max_new_tokens / tune.answer_tokens or the "
+                           f"token counts")
+        words = self._ids(" " + ins.transcript.strip())  # " ." when there is none, as the template reads
         cut = len(words) > budget
         words = words[:budget]
         ids = (self.bos + self._head + [self.pad_id] * self.n_video + self._mid + [self.pad_id] * self.n_feature
@@ -229,8 +234,8 @@ class PromptCodec:
         n_prompt, answer_cut = len(ids), False
         if with_answer:
             answer = self._ids(" " + ins.target.strip())
-            if len(answer) + 1 > self.max_new_tokens:
-                answer, answer_cut = answer[: self.max_new_tokens - 1], True
+            if len(answer) + 1 > self.answer_tokens:
+                answer, answer_cut = answer[: self.answer_tokens - 1], True
             answer = answer + [self.eos_id]
             ids, kinds = ids + answer, kinds + [TEXT] * len(answer)
         return Encoded(ids, kinds, n_prompt, cut, answer_cut)

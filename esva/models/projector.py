@@ -1,14 +1,20 @@
-"""Stage-2 modality tokens: stage-1 streams pooled to a fixed number of tokens and projected into
-the LLM's embedding space.
+"""Stage-2 modality tokens in one of two layouts (`tune.layout`), projected into the LLM's embedding space.
 
-Slots of the template (Emotion-LLaMA's layout, DESIGN.md section 4):
-- `<VideoHere>`: `tune.video_tokens` tokens from the aligned video sequence (the `align.video`
-  frames shifted by stage 1's estimated offset onto the audio's time axis), then one EVA token;
-- `<FeatureHere>`: `tune.audio_tokens` tokens from the MSFE output, then one MAE and one VideoMAE token
-  (their utterance means).
-Each stream has its own projection: a LayerNorm (feature scales differ by encoder) and a Linear into
-the LLM's hidden size. Pooling is a masked mean over equal segments of each clip's valid frames,
-so padding never enters a token.
+`emotion_llama`: Emotion-LLaMA's layout, as its code (minigpt_v2.py, first_face.py) builds it:
+- `<VideoHere>`: the EVA patch tokens (ViT-g at 448 px: 1024 patches, through MiniGPT-v2's ln_vision), four
+  consecutive tokens in raster order concatenated (1024 x 1408 -> 256 x 5632), then `llama_proj`
+  (Linear 5632 -> hidden);
+- `<FeatureHere>`: four utterance tokens in this order: MAE (`feats_llama_proj1`), VideoMAE
+  (`feats_llama_proj2`), HuBERT (`feats_llama_proj3`), each the mean over the clip's valid frames, and the
+  EVA CLS token (`cls_tk_llama_proj`). Every projection is a plain Linear with bias, named as in
+  Emotion-LLaMA's checkpoints, so `tune.init_from` maps its keys one to one.
+
+`esva`: the same, with the MSFE output in place of raw HuBERT (pooled to `tune.audio_tokens` tokens, each
+through `feats_llama_proj3`; 1 token is Emotion-LLaMA's count) and the aligned video stream added after the
+patch tokens in `<VideoHere>` (`align.video` frames shifted by stage 1's estimated offset onto the audio's time
+axis, pooled to `tune.video_tokens` tokens, through `video_proj`).
+
+Pooling is a masked mean over equal segments of each clip's valid frames, so padding never enters a token.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ from torch import nn
 from esva.models.align import Aligner, lengths_to_mask, to_rate
 from esva.models.fusion import masked_mean
 
-STREAMS = ("audio", "video", "eva", "mae", "videomae")
+LAYOUTS = ("esva", "emotion_llama")
 NEEDS = ("hubert", "mae", "videomae", "eva")  # the feature stores stage 2 reads
+EXTRA = {"eva_patches": ("eva", "patches"), "eva_cls": ("eva", "cls_utt")}  # and these fields of the EVA store
+PATCH_GROUP = 4  # Emotion-LLaMA concatenates 4 consecutive patch tokens into one LLM token
 
 
 def pool_tokens(x: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
@@ -38,9 +46,10 @@ def pool_tokens(x: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
 
 def stage1_streams(model, batch: dict, rates: dict[str, float], n_audio: int, n_video: int,
                    video: str = "mae") -> dict[str, torch.Tensor]:
-    """The stage-1 outputs stage 2 reads, pooled: audio (B, n_audio, D_hubert) from MSFE, video
-    (B, n_video, D_video) from the aligned sequence, and the MAE/VideoMAE/EVA utterance vectors.
-    Also returns the estimated offset `tau_frames` (B,) when stage 1 has an aligner."""
+    """What the projector reads, per clip: audio (B, n_audio, D_hubert) pooled from MSFE (raw HuBERT without
+    it), video (B, n_video, D_video) pooled from the aligned sequence, the utterance means of HuBERT, MAE and
+    VideoMAE, the EVA patch tokens (B, P, D_eva) and CLS (B, D_eva). Also `tau_frames` (B,), stage 1's
+    estimated offset, when it has an aligner."""
     x, lens = batch["hubert"], batch["hubert_len"]
     m = lengths_to_mask(lens, x.shape[1])
     a_seq = model.msfe(x, m) if model.msfe is not None else x  # (B, T, D_hubert)
@@ -57,27 +66,61 @@ def stage1_streams(model, batch: dict, rates: dict[str, float], n_audio: int, n_
         out["tau_frames"] = al["tau_star"]
     else:
         out["video"] = pool_tokens(v, mv, n_video)
-    for n in ("mae", "videomae"):
+    for n in ("hubert", "mae", "videomae"):
         out[n] = masked_mean(batch[n], lengths_to_mask(batch[f"{n}_len"], batch[n].shape[1]))
-    out["eva"] = batch["eva"]
+    out["eva_patches"], out["eva_cls"] = batch["eva_patches"], batch["eva_cls"]
     return out
 
 
 class Projector(nn.Module):
-    """Per-stream LayerNorm + Linear into the LLM's hidden size; returns the two slots' tokens."""
+    """The projections of a layout; `forward` returns the two slots' tokens (B, n_video, H), (B, n_feature, H)."""
 
-    def __init__(self, dims: dict[str, int], hidden_size: int) -> None:
+    def __init__(self, layout: str, dims: dict[str, int], hidden_size: int, audio_tokens: int = 1,
+                 video_tokens: int = 0) -> None:
         super().__init__()
-        missing = [s for s in STREAMS if s not in dims]
+        if layout not in LAYOUTS:
+            raise ValueError(f"tune.layout must be one of {list(LAYOUTS)}, got {layout!r}")
+        need = ["eva", "eva_patches", "mae", "videomae", "hubert"] + (["video"] if layout == "esva" else [])
+        missing = [s for s in need if s not in dims]
         if missing:
-            raise ValueError(f"projector dims lack streams {missing}")
-        self.dims = {s: int(dims[s]) for s in STREAMS}
+            raise ValueError(f"projector dims lack {missing}")
+        if dims["eva_patches"] % PATCH_GROUP:
+            raise ValueError(f"the EVA store holds {dims['eva_patches']} patch tokens, not a multiple of {PATCH_GROUP}")
+        self.layout = layout
+        self.dims = {s: int(dims[s]) for s in need}
         self.hidden_size = int(hidden_size)
-        self.proj = nn.ModuleDict({s: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, hidden_size))
-                                   for s, d in self.dims.items()})
+        self.audio_tokens = int(audio_tokens) if layout == "esva" else 1
+        self.video_tokens = int(video_tokens) if layout == "esva" else 0
+        self.patch_tokens = self.dims["eva_patches"] // PATCH_GROUP
+        h = self.hidden_size
+        self.llama_proj = nn.Linear(PATCH_GROUP * self.dims["eva"], h)
+        self.feats_llama_proj1 = nn.Linear(self.dims["mae"], h)
+        self.feats_llama_proj2 = nn.Linear(self.dims["videomae"], h)
+        self.feats_llama_proj3 = nn.Linear(self.dims["hubert"], h)
+        self.cls_tk_llama_proj = nn.Linear(self.dims["eva"], h)
+        self.video_proj = nn.Linear(self.dims["video"], h) if layout == "esva" else None
+
+    @property
+    def n_video(self) -> int:
+        return self.patch_tokens + self.video_tokens
+
+    @property
+    def n_feature(self) -> int:
+        return 3 + self.audio_tokens
+
+    def config(self) -> dict:
+        return {"layout": self.layout, "dims": self.dims, "hidden_size": self.hidden_size,
+                "audio_tokens": self.audio_tokens, "video_tokens": self.video_tokens}
 
     def forward(self, s: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        video = torch.cat([self.proj["video"](s["video"]), self.proj["eva"](s["eva"])[:, None]], 1)  # (B, Nv+1, H)
-        feature = torch.cat([self.proj["audio"](s["audio"]), self.proj["mae"](s["mae"])[:, None],
-                             self.proj["videomae"](s["videomae"])[:, None]], 1)  # (B, Na+2, H)
+        patches = s["eva_patches"]  # (B, P, D)
+        b, p, d = patches.shape
+        if p != self.dims["eva_patches"]:
+            raise ValueError(f"{p} EVA patch tokens where the projector was built for {self.dims['eva_patches']}")
+        video = self.llama_proj(patches.reshape(b, p // PATCH_GROUP, PATCH_GROUP * d))  # 4 consecutive tokens
+        if self.video_proj is not None:
+            video = torch.cat([video, self.video_proj(s["video"])], 1)
+        audio = s["audio"] if self.layout == "esva" else s["hubert"][:, None]  # MSFE tokens, or the HuBERT mean
+        feature = torch.cat([self.feats_llama_proj1(s["mae"])[:, None], self.feats_llama_proj2(s["videomae"])[:, None],
+                             self.feats_llama_proj3(audio), self.cls_tk_llama_proj(s["eva_cls"])[:, None]], 1)
         return video, feature

@@ -60,10 +60,13 @@ class FeatureData:
 
 
 def load_features(manifest: pd.DataFrame, stores: dict[str, Path], use: tuple[str, ...],
-                  labelled_only: bool = True, cache_mb: int = 512) -> FeatureData:
+                  labelled_only: bool = True, cache_mb: int = 512,
+                  extra: dict[str, tuple[str, str]] | None = None) -> FeatureData:
     """Every labelled clip present in all the used stores; frame-level fields for hubert/mae/videomae
     (streamed from the stores through a cache of `cache_mb` MiB shared by all clips), the utterance vector
-    for eva and text (read in one pass). With labelled_only=False, unlabelled clips come too (label -1)."""
+    for eva and text (read in one pass). With labelled_only=False, unlabelled clips come too (label -1).
+    `extra` adds named fields of a used store, {name: (store, field)}: a field ending in `_utt` is held, any
+    other is streamed (stage 2's EVA tokens: {"eva_patches": ("eva", "patches"), "eva_cls": ("eva", "cls_utt")})."""
     readers = {}
     for name in use:
         path = Path(stores[name])
@@ -75,7 +78,17 @@ def load_features(manifest: pd.DataFrame, stores: dict[str, Path], use: tuple[st
     layer = {n: r.attrs["layers"][0] for n, r in readers.items()}
     fields = {n: layer[n] if n in FRAME_LEVEL else f"{layer[n]}_utt" for n in use}
     frame_level = {n for n in use if n in FRAME_LEVEL}
-    utt = {n: readers[n].read_all(fields[n]) for n in use if n not in FRAME_LEVEL}
+    for name, (store, fld) in (extra or {}).items():
+        if store not in readers:
+            raise TrainError(f"field {name!r} needs the {store!r} store, which is not loaded")
+        have = list(readers[store].attrs.get("layers", []))
+        if (fld[:-4] if fld.endswith("_utt") else fld) not in have:
+            raise TrainError(f"{stores[store]} has no field {fld!r} (its layers: {list(have)}): re-run "
+                             f"`esva extract {store}` with features.{store}.tokens: true")
+        readers[name], fields[name], dims[name] = readers[store], fld, dims[store]
+        if not fld.endswith("_utt"):
+            frame_level.add(name)
+    utt = {n: readers[n].read_all(fields[n]) for n in fields if n not in frame_level}
     cache = ByteLRU(cache_mb << 20)
     clips, skipped = [], {}
     lab_index = {lab: i for i, lab in enumerate(LABELS)}
@@ -86,7 +99,7 @@ def load_features(manifest: pd.DataFrame, stores: dict[str, Path], use: tuple[st
         if unlabelled and labelled_only:
             skipped[cid] = "no_label"
             continue
-        missing = [n for n in use if cid not in readers[n]]
+        missing = [n for n in use if cid not in readers[n]]  # (extra fields live in the used stores)
         if missing:
             skipped[cid] = f"no_features:{','.join(missing)}"
             continue
@@ -128,7 +141,7 @@ def collate(clips: list[Clip], use: tuple[str, ...]) -> dict:
     batch: dict = {"label": torch.tensor([c.label for c in clips]), "clip_ids": [c.clip_id for c in clips]}
     for n in use:
         arrs = [c.feats[n] for c in clips]
-        if n in FRAME_LEVEL:
+        if np.ndim(arrs[0]) == 2:  # frame-level (T, D); utterance vectors are (D,)
             lens = torch.tensor([len(a) for a in arrs])
             x = torch.zeros(len(arrs), int(lens.max()), arrs[0].shape[-1])
             for i, a in enumerate(arrs):

@@ -23,16 +23,17 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from esva.data.instructions import Instruction, eval_samples, parse_label, training_samples
+from esva.config import TEXT_LIMITS
+from esva.data.instructions import Instruction, eval_samples, instruction_text, parse_label, training_samples
 from esva.eval.metrics import discrete_scores
 from esva.encoders.base import checkpoint_identity
 from esva.precision import autocast, resolve_device, weights_dtype
 from esva.models.fusion import FusionClassifier
 from esva.models.llm import (LlmError, PromptCodec, activation_checkpointing, add_lora, context_length, greedy_generate, load_base,
                              resolve_base, splice)
-from esva.models.projector import NEEDS, Projector, stage1_streams
+from esva.models.projector import EXTRA, NEEDS, Projector, stage1_streams
 from esva.train.stage1 import Clip, FeatureData, TrainError, collate, load_stage1
-from esva.train.stream import ByteLRU
+from esva.train.stream import ByteLRU, length_of
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,10 @@ class Stage2:
     dtype: torch.dtype = torch.float32  # the compute (autocast) dtype; the base LLM's weights are in it too
     config: dict = field(default_factory=dict)  # the saved config.json, when loaded from a folder
     stats: dict[str, int] = field(default_factory=lambda: {"transcript_cut": 0, "answer_cut": 0})
+    init_report: dict = field(default_factory=dict)  # what tune.init_from loaded
 
     def _batch(self, clips: list[Clip]) -> dict:
-        return {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in collate(clips, NEEDS).items()}
+        return {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in collate(clips, NEEDS + tuple(EXTRA)).items()}
 
     # ---- modality tokens
     def streams(self, clips: list[Clip], grad: bool = False) -> dict[str, torch.Tensor]:
@@ -143,15 +145,24 @@ class Stage2:
 
 
 def stream_dims(data: FeatureData, stage1: FusionClassifier) -> dict[str, int]:
+    """Feature sizes the projections are built for; `eva_patches` is the number of EVA patch tokens."""
     video = stage1.align_video or "mae"
-    return {"audio": data.dims["hubert"], "video": data.dims[video], "eva": data.dims["eva"],
-            "mae": data.dims["mae"], "videomae": data.dims["videomae"]}
+    if not data.clips:
+        raise TrainError("stage 2: no clip has features in every store it reads")
+    return {"hubert": data.dims["hubert"], "video": data.dims[video], "eva": data.dims["eva"],
+            "eva_patches": length_of(data.clips[0].feats, "eva_patches"), "mae": data.dims["mae"],
+            "videomae": data.dims["videomae"]}
+
+
+def text_limits(cfg) -> tuple[int, int]:
+    """(max_new_tokens, answer_tokens): the params where set, else the preset's (Emotion-LLaMA's)."""
+    return (cfg.max_new_tokens or TEXT_LIMITS["max_new_tokens"], cfg.answer_tokens or TEXT_LIMITS["answer_tokens"])
 
 
 def check_dims(m: Stage2, data: FeatureData) -> None:
     """Feature stores must have the sizes the projectors were trained on; an error names both."""
     have = stream_dims(data, m.stage1)
-    bad = {k: (m.projector.dims[k], have[k]) for k in have if have[k] != m.projector.dims[k]}
+    bad = {k: (m.projector.dims[k], have[k]) for k in m.projector.dims if have[k] != m.projector.dims[k]}
     if bad:
         raise LlmError("the feature stores do not fit the stage-2 projectors: " + ", ".join(
             f"{k} has dim {h} but was trained with {w}" for k, (w, h) in bad.items()))
@@ -175,11 +186,91 @@ def build(stage1_dir: Path, lm_dir: Path, data: FeatureData, cfg, quantize: str 
     if cfg.grad_checkpointing:
         activation_checkpointing(base)
     llm = add_lora(base, cfg)
-    projector = Projector(stream_dims(data, stage1), base.config.hidden_size)
+    projector = Projector(cfg.layout, stream_dims(data, stage1), base.config.hidden_size, cfg.audio_tokens,
+                          cfg.video_tokens)
     stage1.requires_grad_(cfg.train_stage1)
-    codec = PromptCodec(tok, cfg.video_tokens + 1, cfg.audio_tokens + 2, max_len, cfg.max_new_tokens)
-    return Stage2(stage1, projector, llm, tok, codec, data.rates, cfg.audio_tokens, cfg.video_tokens,
-                  cache=ByteLRU(cfg.feature_cache_mb << 20), train_stage1=cfg.train_stage1, dtype=wdt)
+    new, answer = text_limits(cfg)
+    codec = PromptCodec(tok, projector.n_video, projector.n_feature, max_len, new, answer)
+    codec.encode(Instruction("", "emotion", "", instruction_text("emotion", 0), ""), False)  # limits fit, or say so now
+    m = Stage2(stage1, projector, llm, tok, codec, data.rates, max(1, projector.audio_tokens),
+               max(1, projector.video_tokens), cache=ByteLRU(cfg.feature_cache_mb << 20),
+               train_stage1=cfg.train_stage1, dtype=wdt)
+    if cfg.init_from:
+        m.init_report = init_from(m, Path(cfg.init_from))
+    return m
+
+
+# Emotion-LLaMA / MiniGPT-v2 checkpoints: torch.save({"model": state, ...}) of the trainable parameters only
+EL_LLM_PREFIX = "llama_model."  # + peft's own key: base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight
+EL_PROJECTIONS = ("llama_proj", "feats_llama_proj1", "feats_llama_proj2", "feats_llama_proj3", "cls_tk_llama_proj")
+# saved by Emotion-LLaMA but not part of its forward pass (an unused fusion block), or recomputed buffers
+EL_IGNORED = (r"attention\.", r".*rotary_emb\.inv_freq$")
+
+
+def init_from(m: Stage2, path: Path) -> dict:
+    """Start the LoRA adapters and the projections from Emotion-LLaMA's or MiniGPT-v2's released checkpoint
+    (`tune.init_from`), read with torch's weights_only loader. Every checkpoint key must map onto a tensor of
+    the same shape here or be a known unused part; anything else is an error naming the keys. Tensors with
+    no counterpart in the checkpoint (MiniGPT-v2 has no feature projections; esva's `video_proj`) stay fresh
+    and are listed in the report."""
+    import re
+
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    from esva.checkpoints import file_sha256
+
+    path = Path(path)
+    if not path.is_file():
+        raise LlmError(f"tune.init_from: {path} is not a file")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise LlmError(f"tune.init_from: {path} is not a checkpoint that torch's weights_only loader accepts "
+                       f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    state = obj.get("model") if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise LlmError(f"tune.init_from: {path} holds no state dict of tensors (expected {{'model': {{...}}}})")
+    ours_lora = get_peft_model_state_dict(m.llm)
+    ours_proj = m.projector.state_dict()
+    lora, proj, ignored, unknown, shapes = {}, {}, [], [], []
+    for k, v in state.items():
+        if k.startswith(EL_LLM_PREFIX) and k[len(EL_LLM_PREFIX):] in ours_lora:
+            target, key, into = ours_lora, k[len(EL_LLM_PREFIX):], lora
+        elif k.split(".")[0] in EL_PROJECTIONS and k in ours_proj:
+            target, key, into = ours_proj, k, proj
+        elif any(re.match(p, k) for p in EL_IGNORED):
+            ignored.append(k)
+            continue
+        else:
+            unknown.append(k)
+            continue
+        if tuple(target[key].shape) != tuple(v.shape):
+            shapes.append(f"{k} (checkpoint {tuple(v.shape)}, here {tuple(target[key].shape)})")
+        else:
+            into[key] = v.to(target[key].dtype)
+    problems = []
+    if unknown:
+        problems.append(f"{len(unknown)} keys map onto nothing here (other LoRA targets or rank, another "
+                        f"model?): {', '.join(sorted(unknown)[:6])}{' ...' if len(unknown) > 6 else ''}")
+    if shapes:
+        problems.append(f"{len(shapes)} keys have other shapes (tune.lora_r, the LLM's hidden size, the feature "
+                        f"sizes): {', '.join(shapes[:4])}{' ...' if len(shapes) > 4 else ''}")
+    if not lora and not proj and not problems:
+        problems.append("no key of Emotion-LLaMA's layout (llama_model.*lora*, llama_proj, feats_llama_proj1-3, "
+                        "cls_tk_llama_proj)")
+    if problems:
+        raise LlmError(f"tune.init_from {path}: " + "; ".join(problems))
+    res = set_peft_model_state_dict(m.llm, lora)
+    if getattr(res, "unexpected_keys", None):
+        raise LlmError(f"tune.init_from {path}: peft did not place {list(res.unexpected_keys)[:4]}")
+    m.projector.load_state_dict(proj, strict=False)
+    fresh = sorted([f"lora:{k}" for k in ours_lora if k not in lora] + [f"projector:{k}" for k in ours_proj if k not in proj])
+    report = {"path": str(path.resolve()), "sha256": file_sha256(path), "loaded": len(lora) + len(proj),
+              "lora_tensors": len(lora), "projection_tensors": len(proj),
+              "projections": sorted({k.split(".")[0] for k in proj}), "ignored": len(ignored), "fresh": fresh}
+    log.info("tune.init_from: %d tensors from %s (%d LoRA, projections %s); %d left fresh", report["loaded"], path,
+             len(lora), report["projections"], len(fresh))
+    return report
 
 
 def to_device(m: Stage2, device: str | torch.device) -> Stage2:
@@ -337,9 +428,11 @@ def save(m: Stage2, out: Path, resolved: dict, stage1_dir: Path) -> None:
         shutil.copyfile(Path(stage1_dir) / "model.safetensors", s1 / "model.safetensors")
     with (s1 / "config.json").open("w", encoding="utf-8") as fh:
         json.dump(s1_cfg, fh, indent=2)
-    cfg = {**resolved, "hidden_size": m.projector.hidden_size, "stream_dims": m.projector.dims,
-           "rates": m.rates, "audio_tokens": m.audio_tokens, "video_tokens": m.video_tokens,
-           "max_length": m.codec.max_length, "max_new_tokens": m.codec.max_new_tokens}
+    cfg = {**resolved, "hidden_size": m.projector.hidden_size, "projector": m.projector.config(),
+           "rates": m.rates, "max_length": m.codec.max_length, "max_new_tokens": m.codec.max_new_tokens,
+           "answer_tokens": m.codec.answer_tokens}
+    if m.init_report:
+        cfg["init_from"] = m.init_report
     with (out / "config.json").open("w", encoding="utf-8") as fh:
         json.dump(cfg, fh, indent=2, default=str)
 
@@ -365,8 +458,10 @@ def load(model_dir: Path, lm_dir: Path, device: str = "cpu", dtype: str | None =
     quantize = quantize or cfg.get("precision", {}).get("quantize", "none")
     wdt = weights_dtype(dtype, device)
     base, tok = load_base(source, revision, remote, dtype=wdt, quantize=quantize, device=device)
+    if "projector" not in cfg:
+        raise TrainError(f"{cfg_path} was written by an older esva (no projector layout): re-run `esva tune`")
     proj_state = load_file(str(model_dir / "projector.safetensors"))
-    saved = int(proj_state["proj.audio.1.weight"].shape[0])
+    saved = int(proj_state["cls_tk_llama_proj.weight"].shape[0])
     have = int(base.config.hidden_size)
     if have != saved or have != int(cfg["hidden_size"]):
         raise LlmError(f"the base LLM {source!r} has hidden size {have}, but the projectors in {model_dir} were "
@@ -378,11 +473,14 @@ def load(model_dir: Path, lm_dir: Path, device: str = "cpu", dtype: str | None =
         log.warning("the base LLM %s (identity %s) differs from the one the adapter was tuned on (%s)", source, ident, want)
     llm = PeftModel.from_pretrained(base, str(model_dir))
     llm.eval()
-    projector = Projector(cfg["stream_dims"], have)
+    pc = cfg["projector"]
+    projector = Projector(pc["layout"], pc["dims"], have, pc["audio_tokens"], pc["video_tokens"])
     projector.load_state_dict(proj_state)
     projector.eval()
     stage1, _ = load_stage1(model_dir / "stage1")
-    codec = PromptCodec(tok, cfg["video_tokens"] + 1, cfg["audio_tokens"] + 2, cfg["max_length"], cfg["max_new_tokens"])
-    return to_device(Stage2(stage1, projector, llm, tok, codec, cfg["rates"], cfg["audio_tokens"], cfg["video_tokens"],
-                            cache=ByteLRU(cache_mb << 20), config=cfg, dtype=wdt), device)
+    codec = PromptCodec(tok, projector.n_video, projector.n_feature, cfg["max_length"], cfg["max_new_tokens"],
+                        cfg.get("answer_tokens"))
+    return to_device(Stage2(stage1, projector, llm, tok, codec, cfg["rates"], max(1, projector.audio_tokens),
+                            max(1, projector.video_tokens), cache=ByteLRU(cache_mb << 20), config=cfg, dtype=wdt),
+                     device)
 

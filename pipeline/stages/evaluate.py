@@ -20,7 +20,7 @@ from esva.data.instructions import eval_samples, parse_label, parse_ov
 from esva.data.manifest import corpus_of, read_manifest
 from esva.eval.metrics import EvalError, clue_overlap_proxy, discrete_scores, label_overlap_proxy, match_ids, ov_scores
 from esva.eval.synonyms import load_grouping, offline
-from esva.models.projector import NEEDS
+from esva.models.projector import EXTRA, NEEDS
 from esva.train.stage1 import load_features
 from esva.train.stage2 import ANSWER_TOKENS, check_dims, load
 from pipeline.common import log
@@ -157,7 +157,8 @@ def generate(p: Params, df: pd.DataFrame, gold: dict[str, pd.DataFrame], feature
     m = load(model_dir, lm_dir, p.tune.device, cache_mb=p.tune.feature_cache_mb)
     ids = sorted(set().union(*[set(g["clip_id"]) for g in gold.values()]))
     sub = df[df["clip_id"].isin(ids)]
-    data = load_features(sub, {n: Path(features_dir) / f"{n}.zarr" for n in NEEDS}, NEEDS, labelled_only=False)
+    data = load_features(sub, {n: Path(features_dir) / f"{n}.zarr" for n in NEEDS}, NEEDS, labelled_only=False,
+                          extra=EXTRA)
     check_dims(m, data)
     by_id = {c.clip_id: c for c in data.clips}
     out = {}

@@ -87,6 +87,7 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
         "stage": stage, "corpus": corpus, "encoder": name, "checkpoint": prov, "revision": cfg.revision,
         "layers": list(encoder.layers), "dim": encoder.dim, "frame_rate": encoder.frame_rate,
         "input_rate": rate_in, "dtype": "float16", "utterance": "mean over valid frames, float32",
+        "fixed_lengths": dict(getattr(encoder, "fixed_lengths", {})),
         "compute_dtype": str(encoder.dtype).replace("torch.", ""),
         "precision": precision_record(cfg.dtype, encoder.device, encoder.dtype), "params": cfg.model_dump(mode="json"),
         "params_hash": config_hash(cfg), "code_version": __version__,

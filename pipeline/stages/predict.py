@@ -16,7 +16,7 @@ from esva import LABELS
 from esva.config import ConfigError, Params
 from esva.data.instructions import Instruction, clip_phrasing, instruction_text, parse_label, parse_ov
 from esva.data.manifest import safe_id, to_frame, write_manifest
-from esva.models.projector import NEEDS
+from esva.models.projector import EXTRA, NEEDS
 from esva.train.stage1 import load_features
 from esva.train.stage1 import predict as stage1_predict
 from esva.train.stage2 import ANSWER_TOKENS, check_dims, load
@@ -105,7 +105,7 @@ def run(p: Params, videos: list[Path], model_dir: Path, lm_dir: Path, encoders_d
         for rep in reports:
             for sk in rep.skips:
                 problems.setdefault(sk["clip_id"], (rep.stage, sk["reason"], sk["detail"]))
-        data = load_features(df, {n: work / "features" / f"{n}.zarr" for n in names}, names, labelled_only=False)
+        data = load_features(df, {n: work / "features" / f"{n}.zarr" for n in names}, names, labelled_only=False, extra=EXTRA)
         clips = data.clips
         answers: dict[str, dict[str, str]] = {c.clip_id: {} for c in clips}
         s1 = {}

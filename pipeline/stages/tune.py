@@ -12,7 +12,7 @@ from esva.config import ENCODERS, ConfigError, Params
 from esva.data.manifest import read_manifest
 from esva.encoders.base import checkpoint_identity
 from esva.models.llm import resolve_base
-from esva.models.projector import NEEDS
+from esva.models.projector import EXTRA, NEEDS
 from esva.precision import dtype_name, precision_record, resolve_device, weights_dtype
 from esva.store import open as open_store
 from esva.train.stage1 import load_features
@@ -26,7 +26,8 @@ def run(p: Params, manifest: Path, features_dir: Path, stage1_dir: Path, lm_dir:
     cfg = p.tune
     t0 = time.perf_counter()
     df = read_manifest(manifest)
-    data = load_features(df, {n: Path(features_dir) / f"{n}.zarr" for n in NEEDS}, NEEDS, cache_mb=cfg.feature_cache_mb)
+    data = load_features(df, {n: Path(features_dir) / f"{n}.zarr" for n in NEEDS}, NEEDS, cache_mb=cfg.feature_cache_mb,
+                          extra=EXTRA)
     lost = len(data.skipped) / max(len(df), 1)
     if lost > cfg.max_skip_ratio:
         raise ConfigError(f"tune: {len(data.skipped)} of {len(df)} clips lack a label or features "
@@ -79,7 +80,10 @@ def run(p: Params, manifest: Path, features_dir: Path, stage1_dir: Path, lm_dir:
     summary = {
         "corpus": data.corpus, "split": "val",
         "note": "synthetic corpus: not a result on MER2023 or any real benchmark" if data.corpus == "synthetic" else None,
-        "base": resolved["base"]["checkpoint"], "precision": resolved["precision"], "best_epoch": res.best_epoch, "epochs": cfg.epochs,
+        "base": resolved["base"]["checkpoint"], "layout": cfg.layout, "tokens": {"video": m.projector.n_video,
+                                                                               "feature": m.projector.n_feature},
+        "init_from": m.init_report or None,
+        "precision": resolved["precision"], "best_epoch": res.best_epoch, "epochs": cfg.epochs,
         "val_accuracy": best["val_accuracy"], "val_unparseable_share": best["val_unparseable_share"],
         "val_loss": best["val_loss"], "steps": res.steps, "answer_tokens_trained": res.tokens,
         "train_seconds": round(train_seconds, 1),

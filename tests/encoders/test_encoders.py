@@ -168,3 +168,20 @@ def test_minilm_hash_is_checked(monkeypatch, models):
 def test_videomae_rejects_strides_that_leave_gaps(models):
     with pytest.raises(ValueError, match="window_stride \\(32\\) must be <="):
         _enc("videomae", models, window_stride=32)
+
+
+def test_eva_stores_emotion_llamas_visual_tokens(models):
+    """features.eva.tokens: every patch token and the CLS of the last layer's output through a LayerNorm
+    without affine (MiniGPT-v2's ln_vision), beside BLIP-2's post-layernorm CLS (`last`)."""
+    enc = _enc("eva", models, frame="first")
+    assert enc.layers == ("last", "cls", "patches") and enc.fixed_lengths == {"patches": 16}
+    b = enc.collate(["a", "b"], [_faces(3, 1), _faces(2, 2)])
+    out = enc.encode(b)
+    assert out["patches"].shape == (2, 16, 64) and out["cls"].shape == (2, 1, 64) and out["last"].shape == (2, 1, 64)
+    with torch.inference_mode():
+        hs = enc.model(b.inputs["pixel_values"], output_hidden_states=True).hidden_states[-1]
+    want = torch.nn.functional.layer_norm(hs, (64,), eps=1e-5)
+    torch.testing.assert_close(out["patches"], want[:, 1:])
+    torch.testing.assert_close(out["cls"], want[:, :1])
+    assert not torch.allclose(out["cls"], out["last"])  # not BLIP-2's trained post_layernorm
+    assert _enc("eva", models, tokens=False).layers == ("last",)

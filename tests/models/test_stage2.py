@@ -23,9 +23,10 @@ from esva.train import stage2
 
 ROOT = Path(__file__).resolve().parents[2]
 DIM = {"hubert": 16, "mae": 12, "videomae": 10, "eva": 8}
+PATCHES = 16  # EVA patch tokens per clip (the tiny EVA: 56 px, patch 14) -> 4 LLM tokens
 RATES = {"hubert": 50.0, "mae": 25.0, "videomae": 12.5, "eva": 0.0}
 TUNE = TuneConfig(epochs=2, batch_size=4, grad_accum=2, lora_r=4, lora_alpha=8, audio_tokens=3, video_tokens=2,
-                  max_new_tokens=24, eval_batch_size=5, tasks={"emotion": 1.0, "reason": 0.5, "ov": 0.5})
+                  max_new_tokens=24, answer_tokens=24, eval_batch_size=5, tasks={"emotion": 1.0, "reason": 0.5, "ov": 0.5})
 WORDS = {"neutral": "calm", "angry": "furious", "happy": "joyful", "sad": "lonely", "worried": "anxious",
          "surprise": "astonished"}
 
@@ -50,7 +51,9 @@ def _features(df, seed=0):
         feats = {"hubert": rng.normal(0, 1, (ta, DIM["hubert"])).astype(np.float32),
                  "mae": rng.normal(0, 1, (ta // 2, DIM["mae"])).astype(np.float32),
                  "videomae": rng.normal(0, 1, (ta // 4, DIM["videomae"])).astype(np.float32),
-                 "eva": rng.normal(0, 1, DIM["eva"]).astype(np.float32)}
+                 "eva": rng.normal(0, 1, DIM["eva"]).astype(np.float32),
+                 "eva_patches": rng.normal(0, 1, (PATCHES, DIM["eva"])).astype(np.float32),
+                 "eva_cls": rng.normal(0, 1, DIM["eva"]).astype(np.float32)}
         clips.append(Clip(row.clip_id, LABELS.index(row.label), row.split, None, feats))
     return FeatureData(clips, dict(DIM), dict(RATES), "synthetic")
 
@@ -120,10 +123,19 @@ def test_instructions_follow_the_task_mix_and_are_seeded():
     many = [s.task for e in range(50) for s in training_samples(train, {"emotion": 0.0, "reason": 0.5}, 0, e)]
     assert abs(many.count("reason") / (50 * len(train)) - 0.5) < 0.08
     emo = next(s for s in a if s.task == "emotion")
-    assert emo.target in LABELS and all(lab in emo.instruction for lab in LABELS)
+    assert emo.target in LABELS and emo.instruction == (  # Emotion-LLaMA's [emotion] instruction, nine labels
+        "Please determine which emotion label in the video represents: happy, sad, neutral, angry, worried, "
+        "surprise, fear, contempt, doubt.")
     ov = eval_samples(train, "ov")[0]
     assert ov.target == "neutral, calm"
-    assert len({instruction_text("emotion", i) for i in range(8)}) >= 3  # several phrasings
+    assert len({instruction_text("reason", i) for i in range(8)}) == 5  # Emotion-LLaMA's five reason phrasings
+    reason = next(s for s in a if s.task == "reason")  # targets normalised as Emotion-LLaMA's blip_caption
+    assert reason.target == reason.target.lower() and "." not in reason.target
+    # reason_v2 (fine-grained) only where the manifest has `reason_fine`
+    assert not [s for s in training_samples(train, {"reason_v2": 1.0}, 0, 1)]
+    fine = train.assign(reason_fine="The Voice: trembling; the FACE (eyes) looks down!")
+    v2 = training_samples(fine, {"reason_v2": 1.0}, 0, 1)
+    assert len(v2) == len(train) and v2[0].target == "the voice trembling the face eyes looks down"
 
 
 def test_pool_tokens_by_hand_and_padding_never_enters():
@@ -159,7 +171,9 @@ def test_labels_are_masked_on_prompt_and_modality_tokens(model):
     row = labels[0][labels[0] != -100].tolist()
     assert row == answer
     assert bool((labels[kinds != TEXT] == -100).all())  # never on modality tokens
-    assert int((kinds[0] == VIDEO).sum()) == TUNE.video_tokens + 1 and int((kinds[0] == FEATURE).sum()) == TUNE.audio_tokens + 2
+    # esva layout: 4 EVA patch tokens + the aligned video's; MAE, VideoMAE, the MSFE tokens, EVA CLS
+    assert int((kinds[0] == VIDEO).sum()) == PATCHES // 4 + TUNE.video_tokens
+    assert int((kinds[0] == FEATURE).sum()) == 3 + TUNE.audio_tokens
     # left padding: the shorter row starts with padding, masked out, and positions count from its first token
     short = int(batch["attention_mask"].sum(1).argmin())
     first = int(batch["attention_mask"][short].argmax())
@@ -167,13 +181,14 @@ def test_labels_are_masked_on_prompt_and_modality_tokens(model):
 
 
 def test_long_transcripts_are_cut_never_the_modality_tokens(model):
-    small = PromptCodec(model.tokenizer, TUNE.video_tokens + 1, TUNE.audio_tokens + 2, max_length=200, max_new_tokens=24)
+    nv, nf = model.projector.n_video, model.projector.n_feature
+    small = PromptCodec(model.tokenizer, nv, nf, max_length=200, max_new_tokens=24)
     long = Instruction("c00", "emotion", "the weather " * 200, instruction_text("emotion", 0), "sad")
     enc = small.encode(long, with_answer=False)
     assert enc.transcript_cut and len(enc.ids) == 200 - 24
-    assert enc.kinds.count(VIDEO) == TUNE.video_tokens + 1 and enc.kinds.count(FEATURE) == TUNE.audio_tokens + 2
+    assert enc.kinds.count(VIDEO) == nv and enc.kinds.count(FEATURE) == nf
     assert small.encode(long, with_answer=True).ids[:enc.n_prompt] == enc.ids  # the same cut in training
-    tiny = PromptCodec(model.tokenizer, TUNE.video_tokens + 1, TUNE.audio_tokens + 2, max_length=100, max_new_tokens=24)
+    tiny = PromptCodec(model.tokenizer, nv, nf, max_length=100, max_new_tokens=24)
     with pytest.raises(LlmError, match="more than the context of 100"):
         tiny.encode(long, with_answer=False)
 
@@ -370,3 +385,130 @@ def test_tune_auto_precision_follows_the_hardware_check(world, monkeypatch, nati
     assert res.model.dtype == want
     assert {p.dtype for p in res.model.llm.parameters() if not p.requires_grad} == {want}
     assert np.isfinite(res.history[0]["train_loss"]) and res.val_answers  # it trained and generated
+
+
+# ----------------------------------------------------------------------------- layouts and init_from
+
+def test_emotion_llama_layout_token_counts_order_and_positions(world):
+    """At the paper's sizes (EVA ViT-g 1408-d at 448 px: 1024 patches; MAE, VideoMAE, HuBERT 1024-d; Llama-2
+    4096): 256 tokens of 4 consecutive patches (5632 wide) at <VideoHere>, then MAE, VideoMAE, HuBERT, EVA CLS
+    at <FeatureHere>, as Emotion-LLaMA's minigpt_v2.py / first_face.py build them."""
+    from esva.models.projector import Projector
+
+    torch.manual_seed(0)
+    dims = {"eva": 1408, "eva_patches": 1024, "mae": 1024, "videomae": 1024, "hubert": 1024}
+    proj = Projector("emotion_llama", dims, 4096)
+    assert (proj.n_video, proj.n_feature) == (256, 4)
+    assert tuple(proj.llama_proj.weight.shape) == (4096, 5632)
+    s = {"eva_patches": torch.randn(1, 1024, 1408), "eva_cls": torch.randn(1, 1408), "mae": torch.randn(1, 1024),
+         "videomae": torch.randn(1, 1024), "hubert": torch.randn(1, 1024)}
+    with torch.no_grad():
+        video, feature = proj(s)
+        assert video.shape == (1, 256, 4096) and feature.shape == (1, 4, 4096)
+        j = 37  # token j concatenates patches 4j..4j+3 (raster order), as view(bs, pn / 4, hs * 4)
+        torch.testing.assert_close(video[0, j], proj.llama_proj(s["eva_patches"][0, 4 * j:4 * j + 4].reshape(-1)))
+        for i, (name, lin) in enumerate([("mae", proj.feats_llama_proj1), ("videomae", proj.feats_llama_proj2),
+                                         ("hubert", proj.feats_llama_proj3), ("eva_cls", proj.cls_tk_llama_proj)]):
+            torch.testing.assert_close(feature[0, i], lin(s[name][0]))
+    esva = Projector("esva", {**dims, "video": 1024}, 4096, audio_tokens=1, video_tokens=8)
+    assert (esva.n_video, esva.n_feature) == (256 + 8, 4)
+    # positions in the prompt: <s> [INST] <video> | 256 video | </video> <feature> | 4 feature | </feature> The person ...
+    from esva.models.llm import load_base
+    _, tok = load_base(str(world["lm"]))
+    codec = PromptCodec(tok, proj.n_video, proj.n_feature, max_length=4096, max_new_tokens=500, answer_tokens=1024)
+    enc = codec.encode(Instruction("c", "emotion", "we talked", instruction_text("emotion", 0), "sad"), False)
+    kinds = enc.kinds
+    v0, f0 = kinds.index(VIDEO), kinds.index(FEATURE)
+    assert kinds[v0:v0 + 256] == [VIDEO] * 256 and kinds.count(VIDEO) == 256
+    assert kinds[f0:f0 + 4] == [FEATURE] * 4 and kinds.count(FEATURE) == 4
+    assert enc.ids[0] == tok.bos_token_id
+    assert tok.decode(enc.ids[1:v0]) == "[INST] <video>"
+    assert tok.decode(enc.ids[v0 + 256:f0]) == "</video> <feature>"
+    assert tok.decode(enc.ids[f0 + 4:]) == ("</feature> The person in video says: we talked.  [emotion] Please "
+                                            "determine which emotion label in the video represents: happy, sad, "
+                                            "neutral, angry, worried, surprise, fear, contempt, doubt.  [/INST]")
+
+
+def _el_checkpoint(m, with_features=True, seed=5):
+    """A checkpoint in Emotion-LLaMA's key layout ({'model': ...}), built from this model's own shapes."""
+    from peft import get_peft_model_state_dict
+
+    g = torch.Generator().manual_seed(seed)
+    state = {f"llama_model.{k}": torch.randn(v.shape, generator=g) for k, v in get_peft_model_state_dict(m.llm).items()}
+    names = ["llama_proj"] + (["feats_llama_proj1", "feats_llama_proj2", "feats_llama_proj3", "cls_tk_llama_proj"]
+                              if with_features else [])
+    for k, v in m.projector.state_dict().items():
+        if k.split(".")[0] in names:
+            state[k] = torch.randn(v.shape, generator=g)
+    state["attention.fc.weight"] = torch.randn(3, 3, generator=g)  # Emotion-LLaMA's unused fusion block
+    return state
+
+
+@pytest.mark.parametrize("which", ["emotion_llama", "minigpt_v2"])
+def test_init_from_loads_every_mapped_key(world, tmp_path, which):
+    from peft import get_peft_model_state_dict
+
+    cfg = TUNE.model_copy(update={"layout": "emotion_llama"})
+    torch.manual_seed(0)
+    fresh = stage2.build(world["stage1"], world["lm"], world["data"], cfg)
+    state = _el_checkpoint(fresh, with_features=which == "emotion_llama")
+    path = tmp_path / f"{which}.pth"
+    torch.save({"model": state, "epoch": 3}, path)
+    torch.manual_seed(0)  # the same fresh initialisation, then the checkpoint over it
+    m = stage2.build(world["stage1"], world["lm"], world["data"], cfg.model_copy(update={"init_from": str(path)}))
+    lora, proj = get_peft_model_state_dict(m.llm), m.projector.state_dict()
+    mapped = 0
+    for k, v in state.items():
+        if k.startswith("llama_model."):
+            assert torch.equal(lora[k[len("llama_model."):]], v), k
+            mapped += 1
+        elif not k.startswith("attention."):
+            assert torch.equal(proj[k], v), k
+            mapped += 1
+    rep = m.init_report
+    assert rep["loaded"] == mapped and rep["ignored"] == 1 and rep["lora_tensors"] == len(lora)
+    if which == "minigpt_v2":  # no feature projections in MiniGPT-v2: they stay fresh, and are listed
+        assert rep["projections"] == ["llama_proj"]
+        assert "projector:feats_llama_proj1.weight" in rep["fresh"]
+        assert torch.equal(proj["feats_llama_proj1.weight"], fresh.projector.state_dict()["feats_llama_proj1.weight"])
+    else:
+        assert rep["fresh"] == [] and len(rep["projections"]) == 5
+
+
+def test_init_from_refuses_what_does_not_fit(world, tmp_path):
+    cfg = TUNE.model_copy(update={"layout": "emotion_llama"})
+    m = stage2.build(world["stage1"], world["lm"], world["data"], cfg)
+    state = _el_checkpoint(m)
+    key = "llama_proj.weight"
+    torch.save({"model": {**state, key: torch.zeros(3, 3)}}, tmp_path / "shape.pth")
+    with pytest.raises(LlmError, match="other shapes .*llama_proj.weight \\(checkpoint \\(3, 3\\)"):
+        stage2.build(world["stage1"], world["lm"], world["data"], cfg.model_copy(update={"init_from": str(tmp_path / "shape.pth")}))
+    k_proj = next(k for k in state if "q_proj.lora_A" in k).replace("q_proj", "k_proj")
+    torch.save({"model": {**state, k_proj: torch.zeros(2)}}, tmp_path / "other.pth")
+    with pytest.raises(LlmError, match="map onto nothing here .*k_proj.lora_A"):
+        stage2.build(world["stage1"], world["lm"], world["data"], cfg.model_copy(update={"init_from": str(tmp_path / "other.pth")}))
+    import os
+    import pickle
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    with (tmp_path / "evil.pth").open("wb") as fh:
+        pickle.dump({"model": {"llama_proj.weight": Exploit()}}, fh)
+    with pytest.raises(LlmError, match="evil.pth is not a checkpoint that torch's weights_only loader accepts"):
+        stage2.build(world["stage1"], world["lm"], world["data"], cfg.model_copy(update={"init_from": str(tmp_path / "evil.pth")}))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_emotion_llama_layout_tunes_saves_and_reloads(world, tmp_path):
+    cfg = TUNE.model_copy(update={"layout": "emotion_llama", "epochs": 1})
+    res = stage2.tune(world["data"], world["df"], world["stage1"], world["lm"], cfg)
+    out = tmp_path / "el"
+    stage2.save(res.model, out, {"tune": cfg.model_dump(mode="json"), "base": {}}, world["stage1"])
+    back = stage2.load(out, world["lm"])
+    assert back.projector.config() == res.model.projector.config() and back.projector.layout == "emotion_llama"
+    assert (back.projector.n_video, back.projector.n_feature) == (PATCHES // 4, 4)
+    clips = [c for c in world["data"].clips[:3]]
+    samples = eval_samples(world["df"].iloc[:3], "emotion")
+    assert back.generate(clips, samples, 3, 6) == res.model.generate(clips, samples, 3, 6)
