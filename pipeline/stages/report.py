@@ -116,9 +116,11 @@ def run(metrics: Path = Path("metrics"), out: Path = Path("metrics/tables.md")) 
     rows.append(["ESVA stage 1 alone (fusion classifier)", "A,V,T", _f(wf1(train)), corpus(train) if train else "not run",
                  "—"])
     lines += _table(["Model", "Modality", "F1, this run", "this run's corpus and split", "F1, paper (MER2023)"], rows)
-    lines += ["This run's ESVA row is the stage-2 LLM's parsed answers (`esva evaluate`). Unimodal and "
-              "Emotion-LLaMA-like rows are the stage-1 classifier on those encoders (`ablate@enc_*`, `ablate@baseline`: "
-              "no MSFE, no alignment). Rows with `not run` use encoders or models this project does not ship.", ""]
+    lines += ["This run's ESVA row is the main stage-2 run's parsed answers (`esva evaluate`). The Emotion-LLaMA row is "
+              "the stage-2 LLM in `tune.layout: emotion_llama` (`tune_ablation@baseline`), on a shorter schedule than "
+              "the ESVA row (see Table 6), so the two rows are not a like-for-like comparison. Unimodal rows are the "
+              "stage-1 classifier on those encoders (`ablate@enc_*`). Rows with `not run` use encoders or models this "
+              "project does not ship.", ""]
     if mer:
         lines += [f"Stage 2 on {corpus(mer)}: accuracy {_f(mer['accuracy'])}, macro F1 {_f(mer['macro_f1'])}, "
                   f"answers outside the label set {mer['invalid']} of {mer['n']}"
@@ -167,10 +169,8 @@ def run(metrics: Path = Path("metrics"), out: Path = Path("metrics/tables.md")) 
         d = abl.get(variant) if variant else None
         rows.append([a, v, _f(wf1(d)) if d else "not run", corpus(d) if d else "not run", _f(f1)])
     lines += _table(["Audio encoder", "Video encoder", "F1, this run", "this run's corpus", "F1, paper (MERR)"], rows)
-    lines += ["This run's single-encoder rows are the stage-1 classifier on cached features (`ablate@enc_*`); the "
-              "Emotion-LLaMA row is the stage-2 LLM in `tune.layout: emotion_llama` (`tune_ablation@baseline`, a "
-              "shorter schedule than the ESVA row's main tune, see Table 6); the ESVA row is the main stage-2 run "
-              "(`evaluate`). Wav2Vec, VGGish and Whisper are not among this project's encoders.", ""]
+    lines += ["This run's rows are the stage-1 classifier on cached features (`ablate@enc_*`); Wav2Vec, VGGish and "
+              "Whisper are not among this project's encoders.", ""]
 
     # Table 6: stage-2 runs, both layouts
     lines += ["## Table 6: component ablation (weighted F1, stage-2 LLM)", ""]
@@ -190,7 +190,12 @@ def run(metrics: Path = Path("metrics"), out: Path = Path("metrics/tables.md")) 
               "scored by `esva evaluate` on the MER split, like the main run, but on a shorter schedule than the main "
               "tune (the `run` column). The baseline uses Emotion-LLaMA's token layout (EVA patch tokens; MAE, "
               "VideoMAE, HuBERT and EVA CLS tokens); the other rows esva's (MSFE tokens in place of HuBERT, aligned "
-              "video tokens added). The paper's relative column is recomputed from its printed F1.", ""]
+              "video tokens added). The paper's relative column is recomputed from its printed F1."]
+    ns = sorted({d["n"] for d, _ in s2.values() if d and d.get("n")})
+    if ns:
+        lines += [f"Each row is one seed on {', '.join(map(str, ns))} test clips, so one clip moves F1 by about "
+                  f"{1 / ns[0]:.1%}: differences of a few clips between these rows cannot be told from noise."]
+    lines.append("")
     lines += ["### Table 6, stage-1 classifier (for reference)", ""]
     base = wf1(abl.get("full"))
     rows = []
