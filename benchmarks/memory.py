@@ -48,7 +48,7 @@ import numpy as np
 from benchmarks.report import cpu_name, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
-GENERATOR = 1  # bump when the generated data change, so kept sets are rebuilt
+GENERATOR = 2  # bump when the generated data change, so kept sets are rebuilt (2: EVA's stage-2 tokens)
 MARKER = "bench_memory_data.json"
 RATIO_TARGET = 1.3
 RSS_LIMIT_MB = 8000.0  # 8 GB
@@ -58,6 +58,13 @@ DIMS = {"hubert": 1024, "mae": 1024, "videomae": 1024, "eva": 1408, "text": 384}
 RATES = {"hubert": 50.0, "mae": 25.0, "videomae": 12.5, "eva": None, "text": None}
 INPUT_RATES = {"hubert": 16000.0, "mae": 25.0, "videomae": 25.0, "eva": 25.0, "text": None}
 FRAME_LEVEL = ("hubert", "mae", "videomae")  # what stages 1 and 2 stream through the cache
+# EVA also stores Emotion-LLaMA's visual tokens for stage 2 (features.eva.tokens): the CLS and every patch token of
+# one image; ViT-g at blip2-opt-2.7b's own 224 px has 16 x 16 = 256 patches (Emotion-LLaMA's 448 px: 1024)
+EVA_PATCHES = 256
+
+
+def layers_of(name: str) -> list[str]:
+    return ["last", "cls", "patches"] if name == "eva" else ["last"]
 
 
 # ----------------------------------------------------------------------------- the data
@@ -104,7 +111,8 @@ def _attrs(name: str, n: int, seed: int) -> dict:
     return {
         "stage": f"extract_{name}", "corpus": "synthetic", "encoder": name,
         "checkpoint": {"checkpoint": paper, "revision": None, "identity": identity}, "revision": None,
-        "layers": ["last"], "dim": DIMS[name], "frame_rate": RATES[name], "input_rate": INPUT_RATES[name],
+        "layers": layers_of(name), "dim": DIMS[name], "frame_rate": RATES[name], "input_rate": INPUT_RATES[name],
+        "fixed_lengths": {"patches": EVA_PATCHES} if name == "eva" else {},
         "dtype": "float16", "utterance": "mean over valid frames, float32", "compute_dtype": "float32",
         "precision": {"requested": "fp32", "compute": "float32", "device": "cpu"},
         "params": cfg.model_dump(mode="json"), "params_hash": config_hash(cfg), "code_version": __version__,
@@ -120,7 +128,7 @@ def generate(work: Path, n: int, seed: int) -> dict:
     """Manifest + five feature stores under `work`, written clip by clip (one clip's arrays in memory
     at a time, plus the writers' pending shard tails). Reused when the marker says the same set is there."""
     marker = work / MARKER
-    want = {"generator": GENERATOR, "n": n, "seed": seed, "dims": DIMS, "rates": RATES}
+    want = {"generator": GENERATOR, "n": n, "seed": seed, "dims": DIMS, "rates": RATES, "eva_patches": EVA_PATCHES}
     if marker.exists():
         have = json.loads(marker.read_text())
         if {k: have.get(k) for k in want} == json.loads(json.dumps(want)):
@@ -150,7 +158,7 @@ def generate(work: Path, n: int, seed: int) -> dict:
         for name, dim in DIMS.items():
             fp = config_hash("bench_memory", GENERATOR, name, dim, n, seed)
             # flushed by bytes rather than every 16 clips: the same layout, far fewer shard rewrites
-            writers[name] = stack.enter_context(RaggedWriter(features / f"{name}.zarr", feature_fields(["last"], dim),
+            writers[name] = stack.enter_context(RaggedWriter(features / f"{name}.zarr", feature_fields(layers_of(name), dim),
                                                              _attrs(name, n, seed), fp, flush_every=1 << 30,
                                                              flush_bytes=64 << 20))
         rate = Rate()
@@ -166,7 +174,12 @@ def generate(work: Path, n: int, seed: int) -> dict:
                     x += proto[name][label]
                     x16 = x.astype(np.float16)
                     utt = x16.astype(np.float32).mean(0, keepdims=True)  # the mean of what is stored, as the engine's
-                    writers[name].add(cid, {"last": x16, "last_utt": utt}, {"frames": t})
+                    arrays = {"last": x16, "last_utt": utt}
+                    if name == "eva":  # the stage-2 tokens: CLS and the patches of the same image
+                        for fld, n_rows in (("cls", 1), ("patches", EVA_PATCHES)):
+                            y = (rng.standard_normal((n_rows, dim), dtype=np.float32) + proto[name][label]).astype(np.float16)
+                            arrays[fld], arrays[f"{fld}_utt"] = y, y.astype(np.float32).mean(0, keepdims=True)
+                    writers[name].add(cid, arrays, {"frames": t})
                     if name in FRAME_LEVEL:
                         frame_bytes[split] += x16.nbytes
                 seconds += spec.duration_s

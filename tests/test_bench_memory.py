@@ -27,11 +27,14 @@ def test_generated_stores_read_like_extract_outputs(tmp_path):
     for name, dim in DIMS.items():
         store = open_store(tmp_path / "N8" / "features" / f"{name}.zarr")
         assert store.attrs["stage"] == f"extract_{name}" and store.attrs["dim"] == dim
-        assert store.attrs["frame_rate"] == RATES[name] and store.attrs["layers"] == ["last"]
+        assert store.attrs["frame_rate"] == RATES[name]
+        assert store.attrs["layers"] == (["last", "cls", "patches"] if name == "eva" else ["last"])
         assert store.attrs["corpus"] == "synthetic" and "checkpoint" in store.attrs["params"]
         arrays = store.read(store.ids()[0])
         assert arrays["last"].dtype.name == "float16" and arrays["last"].shape[1] == dim
         assert arrays["last_utt"].dtype.name == "float32" and arrays["last_utt"].shape == (1, dim)
+    patches = open_store(tmp_path / "N8" / "features" / "eva.zarr").read("bench_000000")["patches"]
+    assert patches.shape == (256, 1408)  # stage 2's EVA tokens, at the paper checkpoint's 224 px
     assert generate(tmp_path / "N8", 8, seed=0)["reused"]  # the marker matches: nothing is rewritten
 
 
