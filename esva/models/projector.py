@@ -48,24 +48,27 @@ def stage1_streams(model, batch: dict, rates: dict[str, float], n_audio: int, n_
                    video: str = "mae") -> dict[str, torch.Tensor]:
     """What the projector reads, per clip: audio (B, n_audio, D_hubert) pooled from MSFE (raw HuBERT without
     it), video (B, n_video, D_video) pooled from the aligned sequence, the utterance means of HuBERT, MAE and
-    VideoMAE, the EVA patch tokens (B, P, D_eva) and CLS (B, D_eva). Also `tau_frames` (B,), stage 1's
-    estimated offset, when it has an aligner."""
-    x, lens = batch["hubert"], batch["hubert_len"]
-    m = lengths_to_mask(lens, x.shape[1])
-    a_seq = model.msfe(x, m) if model.msfe is not None else x  # (B, T, D_hubert)
-    out = {"audio": pool_tokens(a_seq, m, n_audio)}
-    vname = model.align_video or video
-    v, lv = to_rate(batch[vname], batch[f"{vname}_len"], rates[vname], model.align_rate)
-    mv = lengths_to_mask(lv, v.shape[1])
-    if model.aligner is not None:
-        a, la = to_rate(a_seq, lens, rates["hubert"], model.align_rate)
-        ma = lengths_to_mask(la, a.shape[1])
-        al = model.aligner(a, v, ma, mv)
-        v_al, m_al = Aligner.shift_video(v, mv, al["p"], model.aligner.k, a.shape[1])  # on the audio's axis
-        out["video"] = pool_tokens(v_al, ma & m_al, n_video)
-        out["tau_frames"] = al["tau_star"]
-    else:
-        out["video"] = pool_tokens(v, mv, n_video)
+    VideoMAE, the EVA patch tokens (B, P, D_eva) and CLS (B, D_eva). A count of 0 skips that stream (and MSFE
+    and the aligner when neither is asked for: Emotion-LLaMA's layout reads only the utterance means)."""
+    out: dict[str, torch.Tensor] = {}
+    if n_audio or n_video:
+        x, lens = batch["hubert"], batch["hubert_len"]
+        m = lengths_to_mask(lens, x.shape[1])
+        a_seq = model.msfe(x, m) if model.msfe is not None else x  # (B, T, D_hubert)
+        if n_audio:
+            out["audio"] = pool_tokens(a_seq, m, n_audio)
+    if n_video:
+        vname = model.align_video or video
+        v, lv = to_rate(batch[vname], batch[f"{vname}_len"], rates[vname], model.align_rate)
+        mv = lengths_to_mask(lv, v.shape[1])
+        if model.aligner is not None:
+            a, la = to_rate(a_seq, lens, rates["hubert"], model.align_rate)
+            ma = lengths_to_mask(la, a.shape[1])
+            al = model.aligner(a, v, ma, mv)
+            v_al, m_al = Aligner.shift_video(v, mv, al["p"], model.aligner.k, a.shape[1])  # on the audio's axis
+            out["video"] = pool_tokens(v_al, ma & m_al, n_video)
+        else:
+            out["video"] = pool_tokens(v, mv, n_video)
     for n in ("hubert", "mae", "videomae"):
         out[n] = masked_mean(batch[n], lengths_to_mask(batch[f"{n}_len"], batch[n].shape[1]))
     out["eva_patches"], out["eva_cls"] = batch["eva_patches"], batch["eva_cls"]
@@ -99,6 +102,11 @@ class Projector(nn.Module):
         self.feats_llama_proj3 = nn.Linear(self.dims["hubert"], h)
         self.cls_tk_llama_proj = nn.Linear(self.dims["eva"], h)
         self.video_proj = nn.Linear(self.dims["video"], h) if layout == "esva" else None
+
+    @property
+    def pooled_tokens(self) -> tuple[int, int]:
+        """(audio, video) token counts stage1_streams pools for this layout; 0: not read."""
+        return (self.audio_tokens, self.video_tokens) if self.layout == "esva" else (0, 0)
 
     @property
     def n_video(self) -> int:

@@ -50,8 +50,6 @@ class Stage2:
     tokenizer: object
     codec: PromptCodec
     rates: dict[str, float]
-    audio_tokens: int
-    video_tokens: int
     cache: ByteLRU = field(default_factory=lambda: ByteLRU(512 << 20))  # pooled streams of a frozen stage 1
     train_stage1: bool = False
     device: torch.device = torch.device("cpu")
@@ -69,7 +67,7 @@ class Stage2:
         caches them; a stage 1 that trains (`tune.train_stage1`) computes them on every call."""
         if self.train_stage1:
             with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-                return stage1_streams(self.stage1, self._batch(clips), self.rates, self.audio_tokens, self.video_tokens)
+                return stage1_streams(self.stage1, self._batch(clips), self.rates, *self.projector.pooled_tokens)
         have: dict[str, dict[str, torch.Tensor]] = {}
         for c in clips:
             hit = self.cache.lookup(c.clip_id)
@@ -79,7 +77,7 @@ class Stage2:
         for i in range(0, len(todo), 32):
             part = todo[i:i + 32]
             with torch.no_grad():
-                s = stage1_streams(self.stage1, self._batch(part), self.rates, self.audio_tokens, self.video_tokens)
+                s = stage1_streams(self.stage1, self._batch(part), self.rates, *self.projector.pooled_tokens)
             for j, c in enumerate(part):
                 have[c.clip_id] = {k: v[j].detach().float().clone() for k, v in s.items()}  # own storage, not the batch's
                 self.cache.put(c.clip_id, have[c.clip_id])
@@ -192,8 +190,7 @@ def build(stage1_dir: Path, lm_dir: Path, data: FeatureData, cfg, quantize: str 
     new, answer = text_limits(cfg)
     codec = PromptCodec(tok, projector.n_video, projector.n_feature, max_len, new, answer)
     codec.encode(Instruction("", "emotion", "", instruction_text("emotion", 0), ""), False)  # limits fit, or say so now
-    m = Stage2(stage1, projector, llm, tok, codec, data.rates, max(1, projector.audio_tokens),
-               max(1, projector.video_tokens), cache=ByteLRU(cfg.feature_cache_mb << 20),
+    m = Stage2(stage1, projector, llm, tok, codec, data.rates, cache=ByteLRU(cfg.feature_cache_mb << 20),
                train_stage1=cfg.train_stage1, dtype=wdt)
     if cfg.init_from:
         m.init_report = init_from(m, Path(cfg.init_from))
@@ -480,7 +477,6 @@ def load(model_dir: Path, lm_dir: Path, device: str = "cpu", dtype: str | None =
     stage1, _ = load_stage1(model_dir / "stage1")
     codec = PromptCodec(tok, projector.n_video, projector.n_feature, cfg["max_length"], cfg["max_new_tokens"],
                         cfg.get("answer_tokens"))
-    return to_device(Stage2(stage1, projector, llm, tok, codec, cfg["rates"], max(1, projector.audio_tokens),
-                            max(1, projector.video_tokens), cache=ByteLRU(cache_mb << 20), config=cfg, dtype=wdt),
-                     device)
+    return to_device(Stage2(stage1, projector, llm, tok, codec, cfg["rates"], cache=ByteLRU(cache_mb << 20),
+                            config=cfg, dtype=wdt), device)
 

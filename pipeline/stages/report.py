@@ -60,6 +60,15 @@ def _f(x, nd=4, scale=1.0) -> str:
     return "—" if x is None else f"{x * scale:.{nd}f}"
 
 
+def _relative(variant: str, here: float | None, base: float | None, ran) -> str:
+    """A Table 6 row's change against its full model's F1 ("-0" for the full model itself)."""
+    if not ran:
+        return "—"
+    if variant == "full":
+        return "-0"
+    return f"{(here - base) / base:+.2%}" if here is not None and base else "—"
+
+
 def _row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -179,11 +188,11 @@ def run(metrics: Path = Path("metrics"), out: Path = Path("metrics/tables.md")) 
     for name, f1, variant in PAPER_T6:
         d, t = s2.get(variant, (None, None))
         here = wf1(d)
-        rel = "-0" if variant == "full" else (f"{(here - full2) / full2:+.2%}" if here is not None and full2 else "—")
+        rel = _relative(variant, here, full2, d)
         rel_p = "-0" if variant == "full" else f"{(f1 - 0.8956) / 0.8956:+.2%}"
         how = (f"`{t['layout']}` layout, stage 1 `{S2_STAGE1[variant]}`, {t['epochs']} epochs (best {t['best_epoch']})"
                if t else "not run")
-        rows.append([name, _f(here), rel if d else "—", how, corpus(d) if d else "not run", _f(f1), rel_p])
+        rows.append([name, _f(here), rel, how, corpus(d) if d else "not run", _f(f1), rel_p])
     lines += _table(["Model", "F1, this run", "relative, this run", "run", "this run's corpus", "F1, paper (MERR)",
                      "relative, paper"], rows)
     lines += ["Each row is the stage-2 LLM tuned on the stage-1 model of its variant (`tune_ablation@<variant>`) and "
@@ -202,9 +211,8 @@ def run(metrics: Path = Path("metrics"), out: Path = Path("metrics/tables.md")) 
     for name, f1, variant in PAPER_T6:
         d = abl.get(variant)
         here = wf1(d)
-        rel = "-0" if variant == "full" else (f"{(here - base) / base:+.2%}" if here is not None and base else "—")
         rows.append([name.replace("Emotion-LLaMA (Baseline)", "no MSFE, no alignment (stage 1)"), _f(here),
-                     rel if d else "—", corpus(d) if d else "not run"])
+                     _relative(variant, here, base, d), corpus(d) if d else "not run"])
     lines += _table(["Model", "F1, this run", "relative, this run", "this run's corpus"], rows)
 
     # Table 7

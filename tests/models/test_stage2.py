@@ -487,28 +487,30 @@ def test_init_from_refuses_what_does_not_fit(world, tmp_path):
     torch.save({"model": {**state, k_proj: torch.zeros(2)}}, tmp_path / "other.pth")
     with pytest.raises(LlmError, match="map onto nothing here .*k_proj.lora_A"):
         stage2.build(world["stage1"], world["lm"], world["data"], cfg.model_copy(update={"init_from": str(tmp_path / "other.pth")}))
-    import os
     import pickle
 
-    class Exploit:
-        def __reduce__(self):
-            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+    from tests.encoders.test_checkpoints import _Exploit
 
     with (tmp_path / "evil.pth").open("wb") as fh:
-        pickle.dump({"model": {"llama_proj.weight": Exploit()}}, fh)
+        pickle.dump({"model": {"llama_proj.weight": _Exploit(tmp_path / "pwned")}}, fh)
     with pytest.raises(LlmError, match="evil.pth is not a checkpoint that torch's weights_only loader accepts"):
         stage2.build(world["stage1"], world["lm"], world["data"], cfg.model_copy(update={"init_from": str(tmp_path / "evil.pth")}))
     assert not (tmp_path / "pwned").exists()
 
 
-def test_emotion_llama_layout_tunes_saves_and_reloads(world, tmp_path):
-    cfg = TUNE.model_copy(update={"layout": "emotion_llama", "epochs": 1})
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_emotion_llama_layout_tunes_saves_and_reloads(world, tmp_path, dtype):
+    cfg = TUNE.model_copy(update={"layout": "emotion_llama", "epochs": 1, "dtype": dtype})
     res = stage2.tune(world["data"], world["df"], world["stage1"], world["lm"], cfg)
     out = tmp_path / "el"
     stage2.save(res.model, out, {"tune": cfg.model_dump(mode="json"), "base": {}}, world["stage1"])
     back = stage2.load(out, world["lm"])
     assert back.projector.config() == res.model.projector.config() and back.projector.layout == "emotion_llama"
     assert (back.projector.n_video, back.projector.n_feature) == (PATCHES // 4, 4)
+    assert back.dtype == res.model.dtype == (torch.bfloat16 if dtype == "bf16" else torch.float32)
+    # Emotion-LLaMA's layout reads only utterance means and EVA tokens: MSFE and the aligner are not run
+    streams = back.streams(world["data"].clips[:2])
+    assert "audio" not in streams and "video" not in streams and streams["hubert"].shape == (2, DIM["hubert"])
     clips = [c for c in world["data"].clips[:3]]
     samples = eval_samples(world["df"].iloc[:3], "emotion")
     assert back.generate(clips, samples, 3, 6) == res.model.generate(clips, samples, 3, 6)
