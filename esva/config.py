@@ -114,6 +114,7 @@ class DecodeConfig(Strict):
     workers: int = Field(2, ge=1)
     max_skip_ratio: float = Field(0.1, ge=0.0, le=1.0)
     timeout_s: float = Field(600.0, gt=0)
+    input_hash: Literal["full", "quick"] = "full"  # per-clip provenance: content hash, or size+mtime+head+tail
 
 
 class CropConfig(Strict):

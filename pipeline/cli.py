@@ -282,5 +282,34 @@ def convert(checkpoint: Annotated[str, typer.Argument(help="a checkpoint folder 
     typer.echo(f"{rep['source']} -> {rep['out']}: {rep['tensors']} tensors in {', '.join(rep['files'])}")
 
 
+@app.command()
+@friendly
+def verify(stores: Annotated[list[Path], typer.Argument(help="one or more esva stores (decoded, faces, features)")],
+           as_json: Annotated[bool, typer.Option("--json", help="print the full report as JSON")] = False) -> None:
+    """Check stores against their checksums, their index and their per-clip provenance. Lists every bad
+    clip by id; exits 1 when any store has a problem."""
+    import json
+
+    from esva.store import verify as verify_store
+
+    reports = [verify_store(p) for p in stores]
+    failed = False
+    for rep in reports:
+        bad = rep["bad"]
+        failed |= bool(bad or rep["store"])
+        if not as_json:
+            status = "ok" if not (bad or rep["store"]) else "FAILED"
+            typer.echo(f"{rep['path']}: {status}: {rep['ok']} of {rep['clips']} clips ok, {len(bad)} bad")
+            for problem in rep["store"]:
+                typer.echo(f"  store: {problem}")
+            for cid, errs in bad.items():
+                typer.echo(f"  {cid}: {'; '.join(errs)}")
+    if as_json:
+        typer.echo(json.dumps(reports, indent=2))
+    if failed:
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
+

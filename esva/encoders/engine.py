@@ -1,5 +1,5 @@
 """The extraction engine: length-bucketed batches under a budget, frozen forward passes, checks,
-and a resumable Zarr feature store.
+and a resumable Zarr feature store (commits on batch boundaries).
 
 Per clip and configured layer it stores the frame-level sequence (T x D, float16) and the utterance
 mean (1 x D, float32) computed over the valid frames only, so padding never leaks into either.
@@ -125,8 +125,11 @@ def run_extraction(encoder, lengths: dict[str, int], load: Callable[[str], Any],
             meta = {**metas[i], "frames": t}
             if "frame_index" in batch.extra:
                 meta["frame_index"] = int(batch.extra["frame_index"][i])
-            writer.add(cid, arrays, meta)
+            writer.add(cid, arrays, meta, defer=True)
             done += 1
             if on_done:
                 on_done(1)
+        # commits fall on batch boundaries: after a crash the store holds whole batches of the plan, so the
+        # resumed run packs the rest into the same batches as an uninterrupted one (bit-identical features)
+        writer.maybe_commit()
     return done, skips

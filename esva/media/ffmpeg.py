@@ -42,6 +42,20 @@ def ffmpeg_binary() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+@functools.lru_cache(maxsize=1)
+def ffmpeg_identity() -> str:
+    """Which ffmpeg decodes, by the sha256 of its binary (not its path, which differs between clones):
+    part of a decoded clip's provenance."""
+    from esva.provenance import file_digest
+
+    exe = ffmpeg_binary()
+    path = shutil.which(exe) or exe
+    try:
+        return file_digest(path, "full")
+    except OSError:
+        return path
+
+
 @dataclass
 class VideoStream:
     width: int

@@ -9,12 +9,14 @@ import numpy as np
 
 from esva import __version__
 from esva.config import CropConfig, config_hash
+from esva.provenance import clip_digest, code_digest
 from esva.media.faces import crop_frames, fill_missing, make_detector
 from esva.store import FieldSpec, RaggedWriter
 from esva.store import open as open_store
 from pipeline.common import Rate, StageReport, log, ordered_map, progress
 
 OUTPUT_KEYS = ("size", "margin", "smooth", "min_face_ratio", "skip_if_no_face")
+PRODUCER = ("esva.media.faces",)  # the code that computes a clip's crops (the stage's own glue below too)
 
 
 class NoFace(Exception):
@@ -34,10 +36,13 @@ def run(cfg: CropConfig, decoded: Path, out: Path, metrics_dir: Path | None = Pa
         "boxes": FieldSpec("float32", inner=(4,), chunk_rows=1 << 14, shard_chunks=8),
         "detected": FieldSpec("uint8", inner=(), chunk_rows=1 << 16, shard_chunks=8),
     }
-    fp = config_hash({k: getattr(cfg, k) for k in OUTPUT_KEYS}, backend, src.attrs.get("fingerprint"))
+    code = code_digest((*PRODUCER, __name__))
+    fp = config_hash("crop", {k: getattr(cfg, k) for k in OUTPUT_KEYS}, backend, code)
+    # a clip's digest: this recipe and the decoded clip's own digest (so a changed video reaches its crops)
+    digests = {c: clip_digest(recipe=fp, input=src.digest(c)) for c in src.ids()}
     attrs = {"stage": "crop", "corpus": corpus, "backend": backend, "size": cfg.size, "margin": cfg.margin,
              "fps": src.attrs.get("fps"), "layout": "NHWC RGB", "params": cfg.model_dump(mode="json"),
-             "params_hash": config_hash(cfg), "code_version": __version__, "decoded": str(decoded),
+             "params_hash": config_hash(cfg), "code_version": __version__, "code_digest": code, "decoded": str(decoded),
              "no_face_policy": "nearest earlier box, else nearest later box, else centre crop"}
     local = threading.local()
     workers = 1 if backend == "face_alignment" else cfg.workers
@@ -64,28 +69,40 @@ def run(cfg: CropConfig, decoded: Path, out: Path, metrics_dir: Path | None = Pa
         return crops, boxes, detected, {"n_frames": len(frames), "detected": n_det, "filled": n_missing,
                                         "centre_crop": n_det == 0, "fps": src.meta(cid).get("fps")}
 
-    with RaggedWriter(out, fields, attrs, fp) as writer:
-        done = writer.done_ids()
-        ids = src.ids()
-        report.resumed = len(done & set(ids))
-        todo = [c for c in ids if c not in done]
+    with RaggedWriter(out, fields, attrs, fp, digests=digests) as writer:
+        todo = writer.todo()
+        report.resumed = len(writer.reused)
+        skips: dict[str, dict] = {}
         rate = Rate()
         with progress("crop") as bar:
-            task = bar.add_task("crop", total=len(ids), completed=report.resumed, rate="0.00")
-            for cid, res in ordered_map(one, todo, workers):
+            task = bar.add_task("crop", total=len(digests), completed=report.resumed, rate="0.00")
+            fresh = []
+            for cid in todo:
+                known = writer.known_skip(cid)
+                if known:  # the same decoded clip had no usable face before: report it again, do not retry
+                    report.skip(cid, str(src.meta(cid).get("video_path", cid)), known["reason"], known.get("detail", ""))
+                    skips[cid] = known
+                    bar.update(task, advance=1)
+                else:
+                    fresh.append(cid)
+            for cid, res in ordered_map(one, fresh, workers):
                 path = str(src.meta(cid).get("video_path", cid))
                 if isinstance(res, NoFace):
                     report.skip(cid, path, res.reason, res.detail)
+                    skips[cid] = {"reason": res.reason, "detail": res.detail}
                 elif isinstance(res, BaseException):
-                    report.skip(cid, path, "crop_error", f"{res.__class__.__name__}: {res}")
+                    detail = f"{res.__class__.__name__}: {res}"
+                    report.skip(cid, path, "crop_error", detail)
+                    skips[cid] = {"reason": "crop_error", "detail": detail}
                 else:
                     crops, boxes, detected, meta = res
                     writer.add(cid, {"faces": crops, "boxes": boxes, "detected": detected}, meta)
-                    report.done += 1
                 bar.update(task, advance=1, rate=rate.tick())
-        report.done += report.resumed
-        writer.update_attrs(skipped={s["clip_id"]: s["reason"] for s in report.skips})
+        writer.record_skips(skips)
+        report.extra["clips"] = writer.counts()
     store = open_store(out)
+    report.done = len(store)
+    log.info("crop: %s", report.extra["clips"])
     metas = [store.meta(c) for c in store.ids()]
     frames = sum(m["n_frames"] for m in metas)
     det = sum(m["detected"] for m in metas)

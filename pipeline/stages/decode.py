@@ -6,9 +6,10 @@ from pathlib import Path
 
 from esva import __version__
 from esva.config import DecodeConfig, config_hash
-from esva.data.manifest import corpus_of, manifest_fingerprint, read_manifest, video_file
+from esva.data.manifest import corpus_of, read_manifest, video_file
 from esva.media.decode import decode_clip
-from esva.media.ffmpeg import MediaError, ffmpeg_binary
+from esva.media.ffmpeg import MediaError, ffmpeg_binary, ffmpeg_identity
+from esva.provenance import clip_digest, code_digest, file_digest
 from esva.store import FieldSpec, RaggedWriter
 from esva.store import open as open_store
 from pipeline.common import Rate, StageReport, log, ordered_map, progress
@@ -18,46 +19,75 @@ FIELDS = {
     "frames": FieldSpec("uint8", inner=None, chunk_rows=1 << 22, shard_chunks=16),
 }
 OUTPUT_KEYS = ("fps", "sample_rate", "max_side", "min_seconds", "max_seconds", "require_audio", "require_video")
+PRODUCER = ("esva.media.decode", "esva.media.ffmpeg")  # the code that computes a decoded clip
 
 
-def fingerprint(cfg: DecodeConfig, manifest_fp: str) -> str:
-    return config_hash({k: getattr(cfg, k) for k in OUTPUT_KEYS}, manifest_fp)
+def recipe(cfg: DecodeConfig) -> str:
+    """The store-wide part of every clip's digest: output params, producing code, the ffmpeg binary."""
+    return config_hash("decode", {k: getattr(cfg, k) for k in OUTPUT_KEYS}, code_digest(PRODUCER), ffmpeg_identity())
+
+
+def input_digest(path: Path, mode: str) -> str:
+    try:
+        return file_digest(path, mode)
+    except OSError as exc:  # the clip fails in decode with its own reason; the digest says it was unreadable
+        return f"unreadable:{exc.__class__.__name__}"
 
 
 def run(cfg: DecodeConfig, manifest: Path, out: Path, metrics_dir: Path | None = Path("metrics")) -> StageReport:
     df = read_manifest(manifest)
     corpus = corpus_of(df["dataset"])
     report = StageReport("decode", corpus=corpus, clips_in=len(df))
-    fp = fingerprint(cfg, manifest_fingerprint(df))
+    fp = recipe(cfg)
+    rows = {r["clip_id"]: r for r in df.to_dict("records")}
+    digests = {}
+    with progress(f"decode: hashing inputs ({cfg.input_hash})") as bar:
+        task = bar.add_task("hash", total=len(rows), rate="0.00")
+        rate = Rate()
+        for cid, d in ordered_map(lambda c: input_digest(video_file(rows[c]), cfg.input_hash), list(rows), cfg.workers):
+            digests[cid] = clip_digest(recipe=fp, input=d)
+            bar.update(task, advance=1, rate=rate.tick())
     attrs = {"stage": "decode", "corpus": corpus, "fps": cfg.fps, "sample_rate": cfg.sample_rate,
              "max_side": cfg.max_side, "audio_dtype": "float32", "frames_dtype": "uint8", "frames_layout": "NHWC RGB",
              "params": cfg.model_dump(mode="json"), "params_hash": config_hash(cfg), "code_version": __version__,
+             "code_digest": code_digest(PRODUCER), "input_hash": cfg.input_hash,
              "ffmpeg": ffmpeg_binary(), "manifest": str(manifest)}
-    with RaggedWriter(out, FIELDS, attrs, fp) as writer:
-        done = writer.done_ids()
-        report.resumed = len(done & set(df["clip_id"]))
-        todo = [r for r in df.to_dict("records") if r["clip_id"] not in done]
-        if report.resumed:
-            log.info("decode: resuming, %d of %d clips already in %s", report.resumed, len(df), out)
-        rate = Rate()
+    with RaggedWriter(out, FIELDS, attrs, fp, digests=digests) as writer:
+        todo = writer.todo()
+        report.resumed = len(writer.reused)
+        skips = {}
         with progress("decode") as bar:
             task = bar.add_task("decode", total=len(df), completed=report.resumed, rate="0.00")
-            for row, res in ordered_map(lambda r: decode_clip(str(video_file(r)), cfg), todo, cfg.workers):
+            fresh = []
+            for cid in todo:
+                known = writer.known_skip(cid)
+                if known:  # the same input failed before: report it again, do not retry
+                    report.skip(cid, str(video_file(rows[cid])), known["reason"], known.get("detail", ""))
+                    skips[cid] = known
+                    bar.update(task, advance=1)
+                else:
+                    fresh.append(rows[cid])
+            rate = Rate()
+            for row, res in ordered_map(lambda r: decode_clip(str(video_file(r)), cfg), fresh, cfg.workers):
                 path = str(video_file(row))
                 if isinstance(res, MediaError):
                     report.skip(row["clip_id"], path, res.reason, res.detail)
+                    skips[row["clip_id"]] = {"reason": res.reason, "detail": res.detail}
                 elif isinstance(res, BaseException):
-                    report.skip(row["clip_id"], path, "decode_error", f"{res.__class__.__name__}: {res}")
+                    detail = f"{res.__class__.__name__}: {res}"
+                    report.skip(row["clip_id"], path, "decode_error", detail)
+                    skips[row["clip_id"]] = {"reason": "decode_error", "detail": detail}
                 else:
                     meta = {**res.meta, "video_path": str(row["video_path"]), "dataset": str(row["dataset"])}
                     writer.add(row["clip_id"], {"audio": res.audio, "frames": res.frames}, meta)
-                    report.done += 1
                     for note in res.meta["notes"]:
                         log.warning("%s: %s", path, note)
                 bar.update(task, advance=1, rate=rate.tick())
-        report.done += report.resumed
-        writer.update_attrs(skipped={s["clip_id"]: s["reason"] for s in report.skips})
+        writer.record_skips(skips)
+        report.extra["clips"] = writer.counts()
     store = open_store(out)
+    report.done = len(store)
+    log.info("decode: %s", report.extra["clips"])
     report.extra["truncated"] = sum(any("truncated" in n for n in store.meta(c)["notes"]) for c in store.ids())
     report.extra["frames"] = int(sum(store.meta(c)["n_frames"] for c in store.ids()))
     report.extra["audio_seconds"] = round(sum(store.meta(c)["n_samples"] for c in store.ids()) / cfg.sample_rate, 1)

@@ -8,7 +8,8 @@ from pathlib import Path
 from esva import __version__
 from esva.precision import precision_record
 from esva.config import config_hash
-from esva.data.manifest import corpus_of, manifest_fingerprint, read_manifest
+from esva.data.manifest import corpus_of, read_manifest
+from esva.provenance import clip_digest, code_digest, text_digest
 from esva.encoders import REGISTRY, load_encoder
 from esva.encoders.engine import feature_fields, run_extraction
 from esva.store import RaggedWriter, StoreError
@@ -16,6 +17,11 @@ from esva.store import open as open_store
 from pipeline.common import Rate, StageReport, log, progress
 
 OUTPUT_EXCLUDE = ("batch_budget", "device", "dtype", "max_skip_ratio")  # knobs that do not change what is stored
+
+
+def producer(name: str) -> tuple[str, ...]:
+    """The code that computes an encoder's features: its module, the shared encoder code, the engine."""
+    return (REGISTRY[name].module.__name__, "esva.encoders.base", "esva.encoders.engine")
 
 
 def output_params(params: dict) -> dict:
@@ -52,20 +58,23 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
         if int(src.attrs["sample_rate"]) != hubert_rate:
             raise StoreError(f"{decoded} holds audio at {src.attrs['sample_rate']} Hz; HuBERT needs {hubert_rate} Hz "
                              f"(set decode.sample_rate: {hubert_rate})")
-        corpus, in_fp = src.attrs.get("corpus", "unknown"), src.attrs.get("fingerprint")
+        corpus = src.attrs.get("corpus", "unknown")
         lengths = {c: int(src.meta(c)["n_samples"]) for c in src.ids()}
+        inputs = {c: src.digest(c) for c in src.ids()}
         rate_in = float(src.attrs["sample_rate"])
         load = lambda c: src.read(c, ["audio"])["audio"]  # noqa: E731
     elif modality == "faces":
         src = source(faces, "crop")
-        corpus, in_fp = src.attrs.get("corpus", "unknown"), src.attrs.get("fingerprint")
+        corpus = src.attrs.get("corpus", "unknown")
         lengths = {c: int(src.meta(c)["n_frames"]) for c in src.ids()}
+        inputs = {c: src.digest(c) for c in src.ids()}
         rate_in = float(src.attrs.get("fps") or 25.0)
         load = lambda c: src.read(c, ["faces"])["faces"]  # noqa: E731
     else:
         df = read_manifest(manifest)
-        corpus, in_fp = corpus_of(df["dataset"]), manifest_fingerprint(df) + config_hash(list(df["transcript"]))
+        corpus = corpus_of(df["dataset"])
         texts = dict(zip(df["clip_id"], df["transcript"]))
+        inputs = {c: text_digest(t) for c, t in texts.items()}
         lengths = {c: len(t or "") for c, t in texts.items()}
         rate_in = None
         load = texts.__getitem__
@@ -82,7 +91,12 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
     stage = f"extract_{name}"
     report = StageReport(stage, corpus=corpus, clips_in=len(lengths))
     keep = output_params(cfg.model_dump(mode="json"))
-    fp = config_hash(name, keep, str(encoder.dtype), prov["identity"], in_fp)
+    code = code_digest(producer(name))
+    weights = prov.get("weights_sha256") or prov["identity"]
+    # the recipe every clip shares (encoder, output params, compute dtype, weights, code); a clip's digest adds
+    # its input's own digest, so a changed video or transcript recomputes that clip alone
+    fp = config_hash(name, keep, str(encoder.dtype), weights, code)
+    digests = {c: clip_digest(recipe=fp, input=inputs[c]) for c in lengths}
     attrs = {
         "stage": stage, "corpus": corpus, "encoder": name, "checkpoint": prov, "revision": cfg.revision,
         "layers": list(encoder.layers), "dim": encoder.dim, "frame_rate": encoder.frame_rate,
@@ -90,12 +104,11 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
         "fixed_lengths": dict(getattr(encoder, "fixed_lengths", {})),
         "compute_dtype": str(encoder.dtype).replace("torch.", ""),
         "precision": precision_record(cfg.dtype, encoder.device, encoder.dtype), "params": cfg.model_dump(mode="json"),
-        "params_hash": config_hash(cfg), "code_version": __version__,
+        "params_hash": config_hash(cfg), "code_version": __version__, "code_digest": code, "weights_digest": weights,
     }
-    with RaggedWriter(out, feature_fields(encoder.layers, encoder.dim), attrs, fp) as writer:
-        done_ids = writer.done_ids()
-        report.resumed = len(done_ids & set(lengths))
-        todo = {c: n for c, n in lengths.items() if c not in done_ids}
+    with RaggedWriter(out, feature_fields(encoder.layers, encoder.dim), attrs, fp, digests=digests) as writer:
+        report.resumed = len(writer.reused)
+        todo = {c: lengths[c] for c in writer.todo()}
         rate = Rate()
         with progress(stage) as bar:
             task = bar.add_task(stage, total=len(lengths), completed=report.resumed, rate="0.00")
@@ -103,9 +116,11 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
                                          on_done=lambda k: bar.update(task, advance=k, rate=rate.tick()))
         for s in skips:
             report.skip(s.clip_id, s.clip_id, s.reason, s.detail)
-        report.done = done + report.resumed
-        writer.update_attrs(skipped={s.clip_id: s.reason for s in skips})
+        writer.record_skips({s.clip_id: {"reason": s.reason, "detail": s.detail} for s in skips})
+        report.extra["clips"] = writer.counts()
     store = open_store(out)
+    report.done = len(store)
+    log.info("%s: %s", stage, report.extra["clips"])
     report.extra.update({
         "encoder": name, "checkpoint": prov["checkpoint"], "weights_format": prov.get("format"),
         "tensors_loaded": prov.get("tensors_loaded"), "tensors_expected": prov.get("tensors_expected"),
