@@ -265,6 +265,7 @@ class TrainConfig(Strict):
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
     feature_cache_mb: int = Field(512, ge=0)  # features streamed from the stores through a cache of this size
     max_skip_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    checkpoint_every: int = Field(50, ge=0)  # steps between resumable checkpoints (and every epoch end); 0 = off
 
 
 class LlmConfig(Strict):
@@ -335,6 +336,7 @@ class TuneConfig(Strict):
     eval_batch_size: int = Field(16, ge=1)
     feature_cache_mb: int = Field(512, ge=0)  # features streamed from the stores through a cache of this size
     max_skip_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    checkpoint_every: int = Field(50, ge=0)  # optimizer steps between resumable checkpoints (and every epoch end); 0 = off
 
     _lora_targets_tuple = field_validator("lora_targets", mode="before")(_as_tuple)
 

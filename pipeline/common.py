@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
 import logging
 import time
 from collections import Counter
@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from esva import __version__
+from esva.provenance import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("esva")
 
@@ -54,15 +55,13 @@ class StageReport:
 
     def write(self, metrics_dir: str | Path) -> Path:
         metrics_dir = Path(metrics_dir)
-        (metrics_dir / "skips").mkdir(parents=True, exist_ok=True)
         out = metrics_dir / f"{self.stage}.json"
-        with out.open("w", encoding="utf-8") as fh:
-            json.dump(self.as_dict(), fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-        with (metrics_dir / "skips" / f"{self.stage}.csv").open("w", encoding="utf-8", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=["clip_id", "path", "reason", "detail"])
-            w.writeheader()
-            w.writerows(self.skips)
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=["clip_id", "path", "reason", "detail"])
+        w.writeheader()
+        w.writerows(self.skips)
+        atomic_write_text(metrics_dir / "skips" / f"{self.stage}.csv", buf.getvalue())
+        atomic_write_json(out, self.as_dict())  # each file whole or not at all: a killed run never leaves half
         return out
 
     def check(self, max_skip_ratio: float) -> None:

@@ -27,6 +27,7 @@ from esva.eval.sync import offset_errors
 from esva.models.fusion import FRAME_LEVEL, FusionClassifier
 from esva.models.msfe import receptive_field
 from esva.store import open as open_store
+from esva.train.resume import Checkpointer, rng_state, set_rng_state
 from esva.train.stream import ByteLRU, StoreFeatures, length_of, prefetch_batches
 from esva.precision import autocast, resolve_device, resolve_dtype
 
@@ -258,8 +259,10 @@ class TrainResult:
 
 
 def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align_cfg, train_cfg,
-          on_epoch: Callable[[dict], None] | None = None, checkpoint: Callable[[FusionClassifier, int], None] | None = None
-          ) -> TrainResult:
+          on_epoch: Callable[[dict], None] | None = None, checkpoint: Callable[[FusionClassifier, int], None] | None = None,
+          resume: Checkpointer | None = None) -> TrainResult:
+    """The loop. With `resume`, the whole loop state is saved every `resume.every` steps and at every epoch's
+    end, and a run that finds its own checkpoint continues from it (same batches, same random draws)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -279,14 +282,36 @@ def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align
     best, best_state, best_epoch, bad, history, step = -1.0, None, 0, 0, [], 0
     stopped = False
     warmup = align_cfg.warmup_epochs if accel.unwrap_model(model).aligner is not None else 0
-    for epoch in range(1, warmup + train_cfg.epochs + 1):
+    start_epoch, start_batch, order, sums, n_batches = 1, 0, None, {}, 0
+    saved = resume.load() if resume is not None else None
+    if saved is not None:
+        accel.unwrap_model(model).load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        best, best_state, best_epoch, bad = saved["best"], saved["best_state"], saved["best_epoch"], saved["bad"]
+        history, step, stopped = list(saved["history"]), saved["step"], saved["stopped"]
+        start_epoch, start_batch, order = saved["epoch"], saved["batch"], saved["order"]
+        sums, n_batches = dict(saved["sums"]), saved["n_batches"]
+        set_rng_state(saved["rng"], gen)
+        for rec in history:  # the curves of the epochs done before the interruption, again
+            if on_epoch:
+                on_epoch(rec)
+
+    def state(epoch: int, batch: int, order_now) -> dict:
+        return {"model": accel.unwrap_model(model).state_dict(), "opt": opt.state_dict(), "best": best,
+                "best_state": best_state, "best_epoch": best_epoch, "bad": bad, "history": history, "step": step,
+                "stopped": stopped, "epoch": epoch, "batch": batch, "order": order_now, "sums": sums,
+                "n_batches": n_batches, "rng": rng_state(gen)}
+
+    for epoch in range(start_epoch, warmup + train_cfg.epochs + 1):
+        if stopped:
+            break
         model.train()
         warming = epoch <= warmup
-        order = torch.randperm(len(tr), generator=gen).tolist()
-        sums: dict[str, float] = {}
-        n_batches = 0
+        if order is None:  # a resumed epoch keeps the order it drew
+            order = torch.randperm(len(tr), generator=gen).tolist()
+            sums, n_batches = {}, 0
         parts = [p for p in _batches([tr[j] for j in order], train_cfg.batch_size) if len(p) >= 2]
-        for part in prefetch_batches(parts, _warm):
+        for b, part in enumerate(prefetch_batches(parts[start_batch:], _warm), start=start_batch):
             batch = _to(collate(part, use), accel.device)
             with autocast(str(accel.device), dtype):
                 out = model(batch)
@@ -303,6 +328,9 @@ def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align
             n_batches += 1
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if resume is not None and resume.due(step) and b + 1 < len(parts):
+                resume.save(state(epoch, b + 1, order))
+        start_batch = 0
         val, val_loss = _validate(accel.unwrap_model(model), va, use, train_cfg.batch_size, accel.device, cfgs, dtype)
         rec = {"epoch": epoch, **{f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()},
                "val_loss": val_loss, "val_weighted_f1": val["weighted_f1"],
@@ -311,18 +339,18 @@ def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align
         history.append(rec)
         if on_epoch:
             on_epoch(rec)
-        if warming:
-            continue
-        if val["weighted_f1"] > best + 1e-9:
-            best, best_epoch, bad = val["weighted_f1"], epoch, 0
-            best_state = copy.deepcopy(accel.unwrap_model(model).state_dict())
-            if checkpoint:
-                checkpoint(accel.unwrap_model(model), epoch)
-        else:
-            bad += 1
-            if bad >= train_cfg.patience:
-                stopped = True
-                break
+        order = None
+        if not warming:
+            if val["weighted_f1"] > best + 1e-9:
+                best, best_epoch, bad = val["weighted_f1"], epoch, 0
+                best_state = copy.deepcopy(accel.unwrap_model(model).state_dict())
+                if checkpoint:
+                    checkpoint(accel.unwrap_model(model), epoch)
+            else:
+                bad += 1
+                stopped = bad >= train_cfg.patience
+        if resume is not None and resume.every > 0:  # the epoch is done: a resumed run starts the next one
+            resume.save(state(epoch + 1, 0, None))
     final = accel.unwrap_model(model)
     if best_state is not None:
         final.load_state_dict(best_state)

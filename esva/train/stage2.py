@@ -32,6 +32,7 @@ from esva.models.fusion import FusionClassifier
 from esva.models.llm import (LlmError, PromptCodec, activation_checkpointing, add_lora, context_length, greedy_generate, load_base,
                              resolve_base, splice)
 from esva.models.projector import EXTRA, NEEDS, Projector, stage1_streams
+from esva.train.resume import Checkpointer, rng_state, set_rng_state
 from esva.train.stage1 import Clip, FeatureData, TrainError, collate, load_stage1
 from esva.train.stream import ByteLRU, length_of
 
@@ -316,7 +317,7 @@ def _val_samples(df: pd.DataFrame) -> list[Instruction]:
 
 def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cfg, quantize: str = "none",
          on_step: Callable[[dict], None] | None = None, on_epoch: Callable[[dict], None] | None = None,
-         checkpoint: Callable[[Stage2, int], None] | None = None) -> TuneResult:
+         checkpoint: Callable[[Stage2, int], None] | None = None, resume: Checkpointer | None = None) -> TuneResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -342,13 +343,41 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
     val_samples = _val_samples(val_df)
     val_emotion = eval_samples(val_df, "emotion")
     history, best, best_state, best_epoch, step, tokens, best_answers = [], None, None, 0, 0, 0, []
-    for epoch in range(1, cfg.epochs + 1):
+    start_epoch, start_i, losses, step_losses = 1, 0, [], []
+    saved = resume.load() if resume is not None else None
+    if saved is not None:
+        m.load_trainable_state(saved["trainable"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        history, best_epoch, step, tokens = list(saved["history"]), saved["best_epoch"], saved["step"], saved["tokens"]
+        best = tuple(saved["best"]) if saved["best"] is not None else None
+        best_state, best_answers = saved["best_state"], list(saved["best_answers"])
+        start_epoch, start_i, losses = saved["epoch"], saved["i"], list(saved["losses"])
+        step_losses = list(saved["step_losses"])
+        m.stats.update(saved["stats"])
+        set_rng_state(saved["rng"])
+        for k, v in enumerate(step_losses, start=1):  # the curves of the steps done before the interruption
+            if on_step:
+                on_step({"step": k, "train_loss": v})
+        for rec in history:
+            if on_epoch:
+                on_epoch(rec)
+
+    def state(epoch: int, i: int) -> dict:
+        return {"trainable": m.trainable_state(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "history": history, "best": list(best) if best is not None else None, "best_epoch": best_epoch,
+                "best_state": best_state, "best_answers": best_answers, "step": step, "tokens": tokens,
+                "epoch": epoch, "i": i, "losses": losses, "step_losses": step_losses, "stats": dict(m.stats),
+                "rng": rng_state()}
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
         m.llm.train()
         m.projector.train()
         m.stage1.train(cfg.train_stage1)
         samples = training_samples(train_df, cfg.tasks, cfg.seed, epoch)
-        losses = []
-        for i in range(0, len(samples), cfg.batch_size):
+        if epoch != start_epoch or saved is None:
+            losses = []
+        for i in range(start_i if epoch == start_epoch else 0, len(samples), cfg.batch_size):
             part = samples[i:i + cfg.batch_size]
             with accel.accumulate(m.llm, m.projector):
                 loss, n_tok = m.loss([by_id[s.clip_id] for s in part], part)
@@ -365,8 +394,13 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
             step += 1
             tokens += n_tok
             losses.append(float(loss.detach()))
+            step_losses.append(losses[-1])
             if on_step:
                 on_step({"step": step, "train_loss": losses[-1]})
+            # only where the accumulated gradients were applied: nothing half-accumulated is lost
+            if (resume is not None and resume.due(step) and accel.sync_gradients
+                    and i + cfg.batch_size < len(samples)):
+                resume.save(state(epoch, i + cfg.batch_size))
         val_loss = _mean_loss(m, by_id, val_samples, cfg.eval_batch_size)
         answers = m.generate([by_id[s.clip_id] for s in val_emotion], val_emotion, cfg.eval_batch_size,
                              ANSWER_TOKENS["emotion"])
@@ -383,6 +417,8 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
                              "target": s.target} for s, a in zip(val_emotion, answers)]
             if checkpoint:
                 checkpoint(m, epoch)
+        if resume is not None and resume.every > 0:  # the epoch is done: a resumed run starts the next one
+            resume.save(state(epoch + 1, 0))
     if best_state is not None:
         m.load_trainable_state(best_state)
     m.llm, m.projector = accel.unwrap_model(m.llm), accel.unwrap_model(m.projector)
@@ -405,11 +441,27 @@ def _mean_loss(m: Stage2, by_id: dict[str, Clip], samples: list[Instruction], ba
 
 def save(m: Stage2, out: Path, resolved: dict, stage1_dir: Path) -> None:
     """The peft adapter (adapter_config.json + adapter_model.safetensors), projector.safetensors, the
-    stage-1 model it reads (stage1/), and the resolved config, into `out`."""
+    stage-1 model it reads (stage1/), and the resolved config, into `out`: written whole into a sibling
+    folder that then replaces `out`, so a run killed while saving never leaves a mixed or torn model."""
+    final = Path(out)
+    out = final.with_name(final.name + ".partial")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    _write_model(m, out, resolved, stage1_dir)
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    out.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _write_model(m: Stage2, out: Path, resolved: dict, stage1_dir: Path) -> None:
     from safetensors.torch import save_file
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     m.llm.save_pretrained(str(out))
     (out / "README.md").unlink(missing_ok=True)  # peft's model-card stub; config.json says how it was made
     save_file({k: v.detach().cpu().contiguous() for k, v in m.projector.state_dict().items()},

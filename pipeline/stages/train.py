@@ -4,15 +4,19 @@ per-epoch curves); with `--variant`, one ablation row -> metrics/ablation/<varia
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 from safetensors.torch import save_file
 
 from esva import LABELS, __version__
-from esva.config import ConfigError, Params, apply_overrides
+from esva.config import ConfigError, Params, apply_overrides, config_hash
 from esva.data.manifest import read_manifest
 from esva.precision import precision_record, resolve_device, resolve_dtype
+from esva.provenance import atomic_write_json, atomic_write_text
+from esva.store.ragged import INDEX
+from esva.train.resume import Checkpointer, file_key, resume_path
 from esva.train.stage1 import alignment_scores, load_features, predict, scores, train
 from pipeline.common import log
 
@@ -75,10 +79,17 @@ def run(p: Params, manifest: Path, features_dir: Path, out: Path, metrics_dir: P
                 "train": p.train.model_dump(mode="json"), "code_version": __version__, "corpus": data.corpus,
                 "precision": precision}
 
-    def checkpoint(model, epoch):  # the last good (best so far) weights are always on disk
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-        with (out / "config.json").open("w", encoding="utf-8") as fh:
-            json.dump({**resolved, "epoch": epoch}, fh, indent=2)
+    def checkpoint(model, epoch):  # the last good (best so far) weights are always on disk, each file whole
+        tmp = out / ".model.safetensors.tmp"
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        os.replace(tmp, out / "model.safetensors")
+        atomic_write_json(out / "config.json", {**resolved, "epoch": epoch})
+
+    # the loop's state every train.checkpoint_every steps, beside (not inside) the output folder, which DVC
+    # clears before a rerun; keyed by the params and the inputs' bytes, so only the same run resumes from it
+    stores = [Path(features_dir) / f"{n}.zarr" / INDEX for n in use]
+    key = config_hash({k: v for k, v in resolved.items() if k != "code_version"}, file_key(manifest, *stores))
+    resume = Checkpointer(resume_path(out), key, p.train.checkpoint_every)
 
     live = _curves(Path(metrics_dir) / ("train" if not variant else f"ablation_curves/{variant}")) if metrics_dir else None
 
@@ -91,7 +102,8 @@ def run(p: Params, manifest: Path, features_dir: Path, out: Path, metrics_dir: P
         log.info("epoch %d (%s): %s", rec["epoch"], rec["phase"],
                  ", ".join(f"{k}={v:.4f}" for k, v in rec.items() if k not in ("epoch", "phase")))
 
-    result = train(data, use, p.msfe, p.contrast, p.align, p.train, on_epoch=on_epoch, checkpoint=checkpoint)
+    result = train(data, use, p.msfe, p.contrast, p.align, p.train, on_epoch=on_epoch, checkpoint=checkpoint,
+                   resume=resume)
     if live is not None:
         live.end()
     checkpoint(result.model, result.best_epoch)
@@ -128,6 +140,7 @@ def run(p: Params, manifest: Path, features_dir: Path, out: Path, metrics_dir: P
             _dump(metrics_dir / "alignment.json", {"corpus": data.corpus, "split": "test",
                                                    "offset_convention": "tau > 0: the video lags the audio",
                                                    "rate": p.align.rate, **rows})
+    resume.clear()  # the outputs are complete: a rerun starts afresh
     log.info("train%s: test weighted F1 %s (corpus %s)%s", f" [{variant}]" if variant else "",
              f"{test_scores['weighted_f1']:.4f}" if test_scores else "n/a (empty test split)", data.corpus,
              f", alignment within one frame {align['within_one_frame']:.3f}" if align else "")
@@ -135,7 +148,5 @@ def run(p: Params, manifest: Path, features_dir: Path, out: Path, metrics_dir: P
 
 
 def _dump(path: Path, obj: dict) -> None:
-    with path.open("w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o))
-        fh.write("\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o)) + "\n")
 

@@ -8,13 +8,16 @@ import time
 from pathlib import Path
 
 from esva import LABELS, __version__
-from esva.config import ENCODERS, ConfigError, Params
+from esva.config import ENCODERS, ConfigError, Params, config_hash
 from esva.data.manifest import read_manifest
 from esva.encoders.base import checkpoint_identity
 from esva.models.llm import resolve_base
 from esva.models.projector import EXTRA, NEEDS
 from esva.precision import dtype_name, precision_record, resolve_device, weights_dtype
+from esva.provenance import atomic_write_json, atomic_write_text
 from esva.store import open as open_store
+from esva.store.ragged import INDEX
+from esva.train.resume import Checkpointer, file_key, resume_path
 from esva.train.stage1 import load_features
 from esva.train.stage2 import save, tune
 from pipeline.common import log
@@ -67,15 +70,22 @@ def run(p: Params, manifest: Path, features_dir: Path, stage1_dir: Path, lm_dir:
     def checkpoint(model, epoch):  # the best weights so far are always on disk
         save(model, out, {**resolved, "epoch": epoch}, stage1_dir)
 
-    res = tune(data, df, stage1_dir, lm_dir, cfg, p.llm.quantize, on_step=on_step, on_epoch=on_epoch, checkpoint=checkpoint)
+    # the loop's state every tune.checkpoint_every steps, beside the output folder (DVC clears that before a
+    # rerun); keyed by the params and the inputs' bytes, so only the same run resumes from it
+    inputs = [manifest, *(Path(features_dir) / f"{n}.zarr" / INDEX for n in NEEDS),
+              *sorted(f for f in Path(stage1_dir).glob("*") if f.is_file()),
+              *sorted(f for f in Path(lm_dir).glob("*") if f.is_file())]
+    key = config_hash({k: v for k, v in resolved.items() if k != "code_version"}, p.llm.quantize, file_key(*inputs))
+    resume = Checkpointer(resume_path(out), key, cfg.checkpoint_every)
+    res = tune(data, df, stage1_dir, lm_dir, cfg, p.llm.quantize, on_step=on_step, on_epoch=on_epoch, checkpoint=checkpoint,
+               resume=resume)
     train_seconds = time.perf_counter() - t0
     if live is not None:
         live.end()
     m = res.model
     save(m, out, {**resolved, "epoch": res.best_epoch}, stage1_dir)
-    with (out / "val_generations.jsonl").open("w", encoding="utf-8") as fh:  # what a reload must reproduce
-        for g in res.val_answers:
-            fh.write(json.dumps(g, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "val_generations.jsonl",  # what a reload must reproduce
+                      "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in res.val_answers))
     best = res.history[res.best_epoch - 1]
     summary = {
         "corpus": data.corpus, "split": "val",
@@ -94,9 +104,8 @@ def run(p: Params, manifest: Path, features_dir: Path, stage1_dir: Path, lm_dir:
         "history": res.history,
     }
     if metrics_dir is not None:
-        with (Path(metrics_dir) / "tune.json").open("w", encoding="utf-8") as fh:
-            json.dump(summary, fh, indent=2)
-            fh.write("\n")
+        atomic_write_json(Path(metrics_dir) / "tune.json", summary)
+    resume.clear()  # the outputs are complete: a rerun starts afresh
     log.info("tune: best epoch %d, validation label accuracy %.3f, unparseable share %.3f (corpus %s)",
              res.best_epoch, best["val_accuracy"], best["val_unparseable_share"], data.corpus)
     return summary
