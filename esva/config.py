@@ -469,3 +469,56 @@ def config_hash(*parts: Any) -> str:
         default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class _View:
+    """A params node restricted to declared keys: reading any other is a ConfigError naming the key and
+    the stage, so a stage can never depend on a key its dvc.yaml entry does not list."""
+
+    def __init__(self, node: BaseModel, allowed: dict, path: str, stage: str) -> None:
+        object.__setattr__(self, "_node", node)
+        object.__setattr__(self, "_allowed", allowed)  # {key: True (whole) | {sub-key: ...}}
+        object.__setattr__(self, "_path", path)
+        object.__setattr__(self, "_stage", stage)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        sub = self._allowed.get(name)
+        key = f"{self._path}.{name}" if self._path else name
+        if sub is None:
+            raise ConfigError(f"stage {self._stage!r} reads params key {key!r}, which it does not declare "
+                              f"(its PARAMS, and so its dvc.yaml params, must list it)")
+        value = getattr(self._node, name)
+        return value if sub is True else _View(value, sub, key, self._stage)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise ConfigError(f"params are read-only (tried to set {name!r})")
+
+    def model_dump(self, **kwargs: Any) -> dict:
+        """Only the declared keys (what this stage may record about its params)."""
+        full = self._node.model_dump(**kwargs)
+        return {k: (full[k] if sub is True else _View(getattr(self._node, k), sub, "", self._stage).model_dump(**kwargs))
+                for k, sub in self._allowed.items()}
+
+
+def restrict(params: Params, keys: tuple[str, ...] | list[str], stage: str) -> Any:
+    """`params` as a stage may read it: only `keys` (sections like `train`, or dotted keys like
+    `llm.quantize`). A whole section comes back as its config model; a partial one as a restricted view."""
+    tree: dict = {}
+    for key in keys:
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if nxt is True:
+                break
+            node = nxt
+        else:
+            node[parts[-1]] = True
+    return _View(params, tree, "", stage)
+
+
+def except_keys(section: str, model: type[BaseModel], excluded: tuple[str, ...]) -> tuple[str, ...]:
+    """Every key of a section but `excluded` (e.g. llm but llm.quantize)."""
+    return tuple(f"{section}.{k}" for k in model.model_fields if k not in excluded)

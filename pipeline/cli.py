@@ -42,6 +42,15 @@ def _params(path: Path, overrides: Optional[list[str]]):
     return load_params(path, tuple(overrides or ()))
 
 
+def _stage_params(stage, path: Path, overrides: Optional[list[str]], item: Optional[str] = None):
+    """The params as a DVC stage may read them: only the keys its module declares (`PARAMS`, or
+    `params_for(item)`), which are the keys dvc.yaml lists for it; reading any other is an error."""
+    from esva.config import restrict
+
+    keys = stage.PARAMS if hasattr(stage, "PARAMS") else stage.params_for(item)
+    return restrict(_params(path, overrides), keys, stage.__name__.rsplit(".", 1)[-1])
+
+
 def friendly(fn):
     """Known failures print one clear line (no traceback) and exit 2; ESVA_DEBUG=1 shows tracebacks."""
 
@@ -94,7 +103,7 @@ def synth(out: Annotated[Path, typer.Option(help="output folder for videos/, lab
     """Generate the embedded synthetic corpus (params section `synth`)."""
     from pipeline.stages import synth as stage
 
-    stage.run(_params(params, set_).synth, out, metrics)
+    stage.run(_stage_params(stage, params, set_).synth, out, metrics)
 
 
 @app.command()
@@ -107,7 +116,7 @@ def ingest(dataset: Annotated[Optional[str], typer.Option(help="adapter: synthet
     from esva.config import ADAPTERS, ConfigError, Source
     from pipeline.stages import ingest as stage
 
-    p = _params(params, set_)
+    p = _stage_params(stage, params, set_)
     sources = p.data.sources
     if dataset or root:
         if not (dataset and root):
@@ -126,7 +135,7 @@ def decode(manifest: Annotated[Path, typer.Option(help="manifest from `esva inge
     """Decode every clip to 16 kHz mono audio and RGB frames (params section `decode`); resumable."""
     from pipeline.stages import decode as stage
 
-    stage.run(_params(params, set_).decode, manifest, out, metrics)
+    stage.run(_stage_params(stage, params, set_).decode, manifest, out, metrics)
 
 
 @app.command()
@@ -137,7 +146,7 @@ def crop(decoded: Annotated[Path, typer.Option(help="store from `esva decode`")]
     """Detect, align and crop faces from the decoded frames (params section `crop`); resumable."""
     from pipeline.stages import crop as stage
 
-    stage.run(_params(params, set_).crop, decoded, out, metrics)
+    stage.run(_stage_params(stage, params, set_).crop, decoded, out, metrics)
 
 
 @app.command()
@@ -155,7 +164,7 @@ def extract(encoder: Annotated[str, typer.Argument(help="hubert, mae, videomae, 
 
     if encoder not in ENCODERS:
         raise ConfigError(f"ENCODER must be one of {list(ENCODERS)}, got {encoder!r}")
-    p = _params(params, set_)
+    p = _stage_params(stage, params, set_, encoder)
     stage.run(encoder, getattr(p.features, encoder), out or Path(f"data/features/{encoder}.zarr"), decoded=decoded,
               faces=faces, manifest=manifest, models_dir=models, metrics_dir=metrics)
 
@@ -171,7 +180,7 @@ def train(out: Annotated[Path, typer.Option(help="model folder (safetensors + re
     """Stage 1: MSFE + alignment + fusion on cached features (params msfe, contrast, align, train, features.use)."""
     from pipeline.stages import train as stage
 
-    stage.run(_params(params, set_), manifest, features, out, metrics, variant=variant, reference=reference)
+    stage.run(_stage_params(stage, params, set_), manifest, features, out, metrics, variant=variant, reference=reference)
 
 
 @app.command()
@@ -182,7 +191,7 @@ def lm(out: Annotated[Path, typer.Option(help="base LLM folder (tiny: weights + 
     """The base LLM of stage 2 (params `llm`): tiny = tokenizer + small LLaMA pretrained on corpus text."""
     from pipeline.stages import lm as stage
 
-    stage.run(_params(params, set_).llm, manifest, out, metrics)
+    stage.run(_stage_params(stage, params, set_).llm, manifest, out, metrics)
 
 
 @app.command()
@@ -196,7 +205,7 @@ def tune(out: Annotated[Path, typer.Option(help="stage-2 folder (peft adapter, p
     """Stage 2: LoRA instruction tuning with projected audio and video tokens (params `tune`)."""
     from pipeline.stages import tune as stage
 
-    stage.run(_params(params, set_), manifest, features, stage1, llm, out, metrics)
+    stage.run(_stage_params(stage, params, set_), manifest, features, stage1, llm, out, metrics)
 
 
 @app.command()
@@ -242,7 +251,7 @@ def evaluate(out: Annotated[Path, typer.Option(help="folder for mer2023.json, me
         raise ConfigError("--predictions and --task go together")
     if task is not None and task not in stage.TASKS:
         raise ConfigError(f"--task must be one of {list(stage.TASKS)}, got {task!r}")
-    stage.run(_params(params, set_), manifest, features, model, llm, out, predictions_dir,
+    stage.run(_stage_params(stage, params, set_), manifest, features, model, llm, out, predictions_dir,
               roles=(task,) if task else ("mer", "ov", "emer"), predictions=predictions)
 
 
@@ -266,7 +275,7 @@ def sync_baseline(out: Annotated[Path, typer.Option(help="reference metrics file
     """The alignment reference: plain cross-correlation of audio energy and mouth motion (params align.max_shift)."""
     from pipeline.stages import sync as stage
 
-    stage.run(_params(params, set_).align.max_shift, decoded, faces, manifest, out)
+    stage.run(_stage_params(stage, params, set_).align.max_shift, decoded, faces, manifest, out)
 
 
 @app.command()

@@ -15,6 +15,8 @@ from esva.store import FieldSpec, RaggedWriter
 from esva.store import open as open_store
 from pipeline.common import Rate, StageReport, log, ordered_map, progress
 
+PARAMS = ("crop",)  # the params keys this stage reads (pipeline/deps.py; dvc.yaml lists exactly these)
+
 OUTPUT_KEYS = ("size", "margin", "smooth", "min_face_ratio", "skip_if_no_face")
 PRODUCER = ("esva.media.faces",)  # the code that computes a clip's crops (the stage's own glue below too)
 

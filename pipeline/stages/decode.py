@@ -14,6 +14,8 @@ from esva.store import FieldSpec, RaggedWriter
 from esva.store import open as open_store
 from pipeline.common import Rate, StageReport, log, ordered_map, progress
 
+PARAMS = ("decode",)  # the params keys this stage reads (pipeline/deps.py; dvc.yaml lists exactly these)
+
 FIELDS = {
     "audio": FieldSpec("float32", inner=(), chunk_rows=1 << 20, shard_chunks=16),
     "frames": FieldSpec("uint8", inner=None, chunk_rows=1 << 22, shard_chunks=16),

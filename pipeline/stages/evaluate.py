@@ -25,6 +25,8 @@ from esva.train.stage1 import load_features
 from esva.train.stage2 import ANSWER_TOKENS, check_dims, load
 from pipeline.common import log
 
+PARAMS = ("evaluate", "tune.device", "tune.feature_cache_mb")  # the params keys this stage reads (pipeline/deps.py)
+
 TASKS = {"mer": ("emotion", "mer2023"), "ov": ("ov", "mer2024_ov"), "emer": ("reason", "emer")}
 
 

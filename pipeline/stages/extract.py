@@ -16,6 +16,11 @@ from esva.store import RaggedWriter, StoreError
 from esva.store import open as open_store
 from pipeline.common import Rate, StageReport, log, progress
 
+def params_for(encoder: str) -> tuple[str, ...]:
+    """The params keys `esva extract ENCODER` reads (pipeline/deps.py; dvc.yaml lists exactly these)."""
+    return (f"features.{encoder}",)
+
+
 OUTPUT_EXCLUDE = ("batch_budget", "device", "dtype", "max_skip_ratio")  # knobs that do not change what is stored
 
 

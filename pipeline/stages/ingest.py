@@ -11,6 +11,8 @@ from esva.data.adapters import run_adapter
 from esva.data.manifest import corpus_of, to_frame, write_manifest
 from pipeline.common import StageFailed, StageReport, log
 
+PARAMS = ("data.sources", "ingest")  # the params keys this stage reads (pipeline/deps.py; dvc.yaml lists exactly these)
+
 
 def run(cfg: IngestConfig, sources: tuple[Source, ...], out: Path, metrics_dir: Path | None = Path("metrics")):
     report = StageReport("ingest")

@@ -13,12 +13,15 @@ import shutil
 from pathlib import Path
 
 from esva import __version__
-from esva.config import LlmConfig
+from esva.config import LlmConfig, except_keys
 from esva.data.manifest import corpus_of, read_manifest
 from esva.encoders.base import checkpoint_identity
 from esva.models.llm import LlmError, tiny_llama_config, tokenizer_corpus, train_tokenizer
 from esva.train.lm import documents, pretrain
 from pipeline.common import log
+
+# every llm key but llm.quantize, which only changes how stage 2 loads the base (pipeline/deps.py; dvc.yaml)
+PARAMS = except_keys("llm", LlmConfig, ("quantize",))
 
 
 def run(cfg: LlmConfig, manifest: Path, out: Path, metrics_dir: Path | None = Path("metrics")) -> dict:

@@ -14,6 +14,8 @@ from pathlib import Path
 from esva.eval.metrics import ov_scores
 from esva.eval.synonyms import offline
 
+PARAMS: tuple[str, ...] = ()  # reads no params, only metrics files
+
 # The paper's published numbers (ESVA paper, section 4), copied as printed; never used as results.
 PAPER_T2 = [  # model, modality, F1 on MER2023
     ("Wav2vec 2.0", "A", 0.4028), ("VGGish", "A", 0.5481), ("HuBERT", "A", 0.8511), ("ResNet", "V", 0.4132),

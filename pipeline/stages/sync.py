@@ -13,6 +13,8 @@ from esva.eval.sync import audio_energy, mouth_motion, offset_errors, xcorr_offs
 from esva.store import open as open_store
 from pipeline.common import log
 
+PARAMS = ("align.max_shift",)  # the params keys this stage reads (pipeline/deps.py; dvc.yaml lists exactly these)
+
 
 def run(max_shift: int, decoded: Path, faces: Path, manifest: Path, out: Path) -> dict:
     df = read_manifest(manifest)

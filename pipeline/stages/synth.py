@@ -14,6 +14,8 @@ from esva.config import SynthConfig, config_hash
 from esva.data.synthetic import _worker, clip_jobs, gt_columns, ov_to_mer2024
 from pipeline.common import Rate, StageReport, log, ordered_map, progress
 
+PARAMS = ("synth",)  # the params keys this stage reads (pipeline/deps.py; dvc.yaml lists exactly these)
+
 LABEL_COLUMNS = ["name", "split", "discrete", "valence", "transcript", "reason", "openset"]
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from safetensors.torch import save_file
 
 from esva import LABELS, __version__
-from esva.config import ConfigError, Params, apply_overrides, config_hash
+from esva.config import ConfigError, Params, apply_overrides, config_hash, restrict
 from esva.data.manifest import read_manifest
 from esva.precision import precision_record, resolve_device, resolve_dtype
 from esva.provenance import atomic_write_json, atomic_write_text
@@ -19,6 +19,8 @@ from esva.store.ragged import INDEX
 from esva.train.resume import Checkpointer, file_key, resume_path
 from esva.train.stage1 import alignment_scores, load_features, predict, scores, train
 from pipeline.common import log
+
+PARAMS = ("features.use", "msfe", "contrast", "align", "train")  # the params keys this stage reads (pipeline/deps.py)
 
 # The ablations of Tables 5 and 6, as params overrides on the same feature cache.
 VARIANTS: dict[str, list[str]] = {
@@ -48,7 +50,7 @@ def variant_params(p: Params, name: str) -> Params:
     if name not in VARIANTS:
         raise ConfigError(f"unknown variant {name!r}; choose from {list(VARIANTS)}")
     tree = apply_overrides(p.model_dump(mode="python"), VARIANTS[name])
-    return Params.model_validate(tree)
+    return restrict(Params.model_validate(tree), PARAMS, "train")  # still held to the keys it declares
 
 
 def _curves(out_dir: Path):

@@ -62,22 +62,58 @@ def _check_stage(name, st, prefix):
         assert _key_exists(key), (name, key)
 
 
-def test_stages_depend_on_the_code_they_import():
-    """Each stage module's esva imports are listed as deps (so a code change reruns the stage)."""
-    import ast
+def _stage_entries():
+    """(dvc stage name, foreach item or None, its body) for every stage and every foreach item."""
+    for name, st in _dvc()["stages"].items():
+        if "foreach" in st:
+            items = st["foreach"] if isinstance(st["foreach"], dict) else {i: i for i in st["foreach"]}
+            for key in items:
+                yield name, key, st["do"]
+        else:
+            yield name, None, st
 
-    stages = _dvc()["stages"]
-    for name, st in stages.items():
-        modules = {"ablate": ["train"], "sync-baseline": ["sync"], "tune_ablation": ["tune", "evaluate"]}.get(name, [name])
-        mods = set()
-        for module in modules:
-            src = (ROOT / "pipeline" / "stages" / f"{module}.py").read_text()
-            mods |= {n.module for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom) and n.module}
-        files = {m.replace(".", "/") + ".py" for m in mods if m.startswith("esva.") and m not in ("esva.config", "esva.store")}
-        files = {f if (ROOT / f).exists() else f[:-3] + "/__init__.py" for f in files}
-        files = {f for f in files if (ROOT / f).exists()}
-        deps = set((st.get("do") or st)["deps"])
-        assert files <= deps, (name, files - deps)
+
+def test_stages_list_exactly_the_code_they_import_and_the_params_they_read():
+    """Code deps: the project modules each stage's modules import, transitively, including imports inside
+    functions (pipeline/deps.py reads the import graph); params: exactly the keys the stage declares, which
+    the CLI holds it to (esva.config.restrict)."""
+    from pipeline.deps import code_deps, params_keys
+
+    for name, key, st in _stage_entries():
+        listed = {d for d in st["deps"] if d.startswith(("esva/", "pipeline/"))}
+        assert listed == set(code_deps(name)), (name, "missing", set(code_deps(name)) - listed, "extra",
+                                                 listed - set(code_deps(name)))
+        params = [p.replace("${key}", key) if key else p for p in st.get("params", [])]
+        assert sorted(params) == sorted(params_keys(name, key)), (name, key, params, params_keys(name, key))
+
+
+def test_the_import_graph_sees_indirect_and_function_level_imports():
+    from pipeline.deps import closure, code_deps
+
+    train = set(code_deps("train"))
+    # what the old, direct-imports-only check missed (issue 12)
+    assert {"esva/store/ragged.py", "esva/eval/sync.py", "esva/__init__.py"} <= train
+    assert {"esva/losses.py", "esva/eval/metrics.py"} <= set(code_deps("tune"))
+    # the CLI only parses: it is no stage's dep, and importing a stage never pulls it in
+    assert not any("pipeline/cli.py" == f for name in ("decode", "train", "tune") for f in code_deps(name))
+    assert "pipeline.stages.decode" in closure(("pipeline.stages.decode",)) and \
+        "esva.media.decode" in closure(("pipeline.stages.decode",))
+
+
+def test_a_stage_cannot_read_a_params_key_it_does_not_declare():
+    from esva.config import ConfigError, Params, restrict
+    from pipeline.stages import evaluate, lm
+
+    p = restrict(Params(), evaluate.PARAMS, "evaluate")
+    assert p.tune.device == "cpu" and p.evaluate.batch_size >= 1
+    with pytest.raises(ConfigError, match=r"stage 'evaluate' reads params key 'tune.lr'"):
+        p.tune.lr
+    with pytest.raises(ConfigError, match=r"reads params key 'train'"):
+        p.train
+    llm = restrict(Params(), lm.PARAMS, "lm").llm
+    assert "quantize" not in llm.model_dump() and llm.hidden_size > 0
+    with pytest.raises(ConfigError, match="llm.quantize"):
+        llm.quantize
 
 
 @pytest.fixture

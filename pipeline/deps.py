@@ -1,0 +1,122 @@
+"""What a stage depends on, derived from the code: the project modules it imports (transitively, including
+imports inside functions) and the params keys it declares and is held to.
+
+`dvc.yaml` must list exactly these (tests/pipeline/test_dvc.py compares them), so that a change to a module a
+stage runs reruns it, and a change to anything else never does. The CLI (pipeline/cli.py) is not a dep: it
+only parses arguments and calls a stage's `run()`.
+
+    python -m pipeline.deps            prints each stage's code deps and params, as dvc.yaml should hold them
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("esva", "pipeline")
+
+# dvc.yaml stage -> the stage modules its commands run
+STAGE_MODULES: dict[str, tuple[str, ...]] = {
+    "synth": ("pipeline.stages.synth",), "ingest": ("pipeline.stages.ingest",),
+    "decode": ("pipeline.stages.decode",), "crop": ("pipeline.stages.crop",), "extract": ("pipeline.stages.extract",),
+    "sync-baseline": ("pipeline.stages.sync",), "train": ("pipeline.stages.train",),
+    "ablate": ("pipeline.stages.train",), "lm": ("pipeline.stages.lm",), "tune": ("pipeline.stages.tune",),
+    "tune_ablation": ("pipeline.stages.tune", "pipeline.stages.evaluate"),
+    "evaluate": ("pipeline.stages.evaluate",), "report": ("pipeline.stages.report",),
+}
+
+
+def module_path(name: str) -> Path | None:
+    """The file of a project module (a package's __init__.py), or None when it is not one."""
+    if name.split(".")[0] not in PACKAGES:
+        return None
+    base = ROOT.joinpath(*name.split("."))
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    return None
+
+
+def _imported(path: Path, name: str) -> set[str]:
+    """Project modules named by the import statements of one file, anywhere in it (functions included).
+    Importing a.b.c runs a, a.b and a.b.c; `from a.b import c` runs a.b.c too when c is a module."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                mod = f"{base}.{node.module}" if node.module else base
+            else:
+                mod = node.module or ""
+            targets = [mod] + [f"{mod}.{a.name}" for a in node.names]
+        else:
+            continue
+        for t in targets:
+            parts = t.split(".")
+            for i in range(1, len(parts) + 1):
+                sub = ".".join(parts[:i])
+                if module_path(sub) is not None:
+                    found.add(sub)
+    return found
+
+
+@lru_cache(maxsize=None)
+def closure(roots: tuple[str, ...]) -> frozenset[str]:
+    """Every project module that importing `roots` runs."""
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        path = module_path(name)
+        if path is None:
+            raise ValueError(f"{name!r} is not a module of this project")
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # the packages above it run first
+        todo += sorted(_imported(path, name) - seen)
+    return frozenset(seen)
+
+
+def code_deps(stage: str) -> list[str]:
+    """The files dvc.yaml lists for a stage's code, relative to the repository root."""
+    mods = closure(STAGE_MODULES[stage])
+    return sorted(str(module_path(m).relative_to(ROOT)) for m in mods)
+
+
+def params_keys(stage: str, item: str | None = None) -> list[str]:
+    """The params keys a stage declares (its modules' PARAMS), which the CLI holds it to."""
+    import importlib
+
+    keys: list[str] = []
+    for mod in STAGE_MODULES[stage]:
+        module = importlib.import_module(mod)
+        declared = module.PARAMS if hasattr(module, "PARAMS") else module.params_for(item)  # extract@ENCODER
+        keys += [k for k in declared if k not in keys]
+    # a key inside a listed section is already covered by it (tune_ablation: tune + evaluate's tune.device)
+    return [k for k in keys if not any(k.startswith(other + ".") for other in keys)]
+
+
+def main() -> None:  # pragma: no cover - a printing helper for editing dvc.yaml
+    for stage in STAGE_MODULES:
+        print(f"{stage}:")
+        for f in code_deps(stage):
+            print(f"  - {f}")
+        try:
+            print("  params:", params_keys(stage, "<encoder>"))
+        except Exception as exc:  # noqa: BLE001
+            print("  params: ?", exc)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
