@@ -14,7 +14,7 @@ PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python
 VENV312   ?= .venv312
 UNIT      := tests/test_config.py tests/test_precision.py tests/models tests/store tests/eval tests/data
 
-.PHONY: install demo test test-all test-py312 clean
+.PHONY: install demo test test-slow test-all test-py312 clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "need python3.11 on PATH (or: make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -32,6 +32,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# the slow tier: kill-and-resume with real signals, the shared-remote round trip and a second full repro
+test-slow: install
+	$(PY) -m pytest -q -m 'slow and not gpu'
 
 test-all: install
 	$(PY) -m pytest -q -m ''

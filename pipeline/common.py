@@ -59,7 +59,7 @@ class StageReport:
         buf = io.StringIO(newline="")
         w = csv.DictWriter(buf, fieldnames=["clip_id", "path", "reason", "detail"])
         w.writeheader()
-        w.writerows(self.skips)
+        w.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in self.skips)
         atomic_write_text(metrics_dir / "skips" / f"{self.stage}.csv", buf.getvalue())
         atomic_write_json(out, self.as_dict())  # each file whole or not at all: a killed run never leaves half
         return out
@@ -73,6 +73,14 @@ class StageReport:
                 f"{self.stage}: {len(self.skips)} of {self.clips_in} clips skipped "
                 f"({len(self.skips) / self.clips_in:.1%} > {self.stage}.max_skip_ratio={max_skip_ratio}): {names}{more}. "
                 f"Finished clips are kept; see metrics/skips/{self.stage}.csv")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A CSV cell that a spreadsheet will not run: text starting with = + - @ or a tab gets a leading `'`
+    (names and details come from the user's files, and the skip tables are opened in spreadsheets)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: int | None = None,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from esva import LABELS
-from esva.data.manifest import AdapterResult, Problem, safe_id
+from esva.data.manifest import AdapterResult, Problem, confined, safe_id
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".flv", ".mpg", ".mpeg")
 
@@ -34,6 +34,9 @@ ALIASES = {
     "worry": "worried", "surprised": "surprise", "anger": "angry", "happiness": "happy", "sadness": "sad",
     "neutrality": "neutral", "neu": "neutral", "ang": "angry", "hap": "happy", "wor": "worried", "sur": "surprise",
 }
+
+
+FORMULA_START = ("=", "+", "@", "\t", "\r")  # what a spreadsheet would run as a formula (a name never starts so)
 
 
 class AdapterError(ValueError):
@@ -55,18 +58,24 @@ def normalise_label(raw: object, labels: Iterable[str]) -> str | None:
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
     """Rows as dicts; a row with more fields than the header is an error naming file and line."""
+    reader = None
     try:
         with path.open("r", encoding="utf-8-sig", newline="") as fh:
             rows = []
-            for i, r in enumerate(csv.DictReader(fh), start=2):
+            reader = csv.DictReader(fh)
+            for i, r in enumerate(reader, start=2):
                 if None in r:
                     raise AdapterError(f"{path}:{i}: more fields than the header has (an unquoted comma?): {r[None]!r}")
-                rows.append({(k or "").strip(): (v or "").strip() for k, v in r.items()})
+                row = {(k or "").strip(): (v or "").strip() for k, v in r.items()}
+                if any("\0" in x for kv in row.items() for x in kv):
+                    raise AdapterError(f"{path}:{reader.line_num}: a NUL byte in a field (a binary or corrupt file?)")
+                rows.append(row)
             return rows
     except UnicodeDecodeError as exc:
-        raise AdapterError(f"{path}: not UTF-8 text ({exc})") from None
-    except csv.Error as exc:
-        raise AdapterError(f"{path}: malformed CSV ({exc})") from None
+        raise AdapterError(f"{path}: not UTF-8 text ({exc}); re-save it as UTF-8") from None
+    except csv.Error as exc:  # NUL bytes, a field over csv's size limit, a broken quote
+        line = f":{reader.line_num}" if reader is not None else ""
+        raise AdapterError(f"{path}{line}: malformed CSV ({exc})") from None
 
 
 def _require(path: Path, columns: Iterable[str]) -> list[dict[str, str]]:
@@ -123,6 +132,10 @@ class _Builder:
         if not name:
             self.result.problems.append(Problem(src, row_no, name, "empty name"))
             return
+        if name[0] in FORMULA_START:
+            self.result.problems.append(Problem(src, row_no, name, "the name looks like a spreadsheet formula; "
+                                                                  "no clip is named so"))
+            return
         cid = safe_id(name)
         if cid in self.seen:
             self.result.problems.append(Problem(src, row_no, name, f"duplicate id (first seen at {self.seen[cid]})"))
@@ -138,6 +151,11 @@ class _Builder:
             cands = pref or cands
         if not cands:
             self.result.problems.append(Problem(src, row_no, name, f"missing video (no {name}.* under {self.root})"))
+            return
+        try:
+            confined(self.root, cands[0])
+        except ValueError as exc:
+            self.result.problems.append(Problem(src, row_no, name, str(exc)))
             return
         val = None
         if valence not in (None, ""):

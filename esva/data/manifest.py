@@ -71,14 +71,42 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> None:
     tmp.replace(path)
 
 
+class ManifestError(ValueError):
+    """A manifest that is not one, or a row that points outside its dataset root. Names file and row."""
+
+
+def confined(root: str | Path, rel: str | Path) -> Path:
+    """`root/rel`, provided it stays inside root: `rel` must be relative, without `..`, and must not leave
+    root through a symbolic link. Raises ValueError saying which rule it broke."""
+    rel_s = str(rel)
+    if not rel_s or Path(rel_s).is_absolute() or rel_s.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", rel_s):
+        raise ValueError(f"video path {rel_s!r} is absolute; it must be relative to the dataset root")
+    if ".." in Path(rel_s.replace("\\", "/")).parts:
+        raise ValueError(f"video path {rel_s!r} climbs out of the dataset root ('..')")
+    full = Path(root) / rel_s
+    real_root = Path(root).resolve()
+    real = full.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise ValueError(f"video path {rel_s!r} leads outside the dataset root {root} (a link to {real})")
+    return full
+
+
 def read_manifest(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"manifest not found: {path} (run `esva ingest` first)")
-    df = pd.read_parquet(path)
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # not parquet, truncated
+        raise ManifestError(f"{path}: not a readable parquet manifest ({exc.__class__.__name__}: {exc})") from None
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"{path}: not an esva manifest, missing columns {missing}")
+        raise ManifestError(f"{path}: not an esva manifest, missing columns {missing}")
+    for i, (root, rel) in enumerate(zip(df["root"].astype(str), df["video_path"].astype(str)), start=1):
+        try:
+            confined(root, rel)
+        except ValueError as exc:
+            raise ManifestError(f"{path}: row {i} (clip {df['clip_id'].iloc[i - 1]!r}): {exc}") from None
     df["ov_labels"] = df["ov_labels"].map(lambda v: [str(x) for x in v] if v is not None else [])
     return df
 

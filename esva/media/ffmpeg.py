@@ -99,6 +99,12 @@ def _tail(text: str, n: int = 3) -> str:
     return " | ".join(lines[-n:])
 
 
+def local_input(path: str | Path) -> str:
+    """How a file is named to ffmpeg: `file:` and its absolute path, so that no file name is ever read as
+    an option (a leading `-`) or as another protocol (`concat:`, `http:`, `subfile,`...)."""
+    return "file:" + os.path.abspath(str(path))
+
+
 def probe(path: str | Path, timeout: float = 60.0) -> Probe:
     """Read duration and the first video/audio streams. Raises MediaError(reason='unreadable')."""
     path = str(path)
@@ -107,7 +113,7 @@ def probe(path: str | Path, timeout: float = 60.0) -> Probe:
     if os.path.getsize(path) == 0:
         raise MediaError(path, "empty_file", "0 bytes")
     try:
-        proc = subprocess.run([ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", path],
+        proc = subprocess.run([ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", local_input(path)],
                               capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise MediaError(path, "timeout", f"probe took longer than {timeout}s") from None
@@ -170,7 +176,7 @@ def decode_audio(path: str | Path, sample_rate: int = 16000, max_seconds: float 
     """Mono float32 audio at `sample_rate` (all channels averaged by ffmpeg's downmix)."""
     path = str(path)
     kw = {"t": max_seconds} if max_seconds else {}
-    stream = ffmpeg.input(path, **kw).output("pipe:", format="f32le", acodec="pcm_f32le", ac=1,
+    stream = ffmpeg.input(local_input(path), **kw).output("pipe:", format="f32le", acodec="pcm_f32le", ac=1,
                                              ar=sample_rate, vn=None, map="0:a:0")
     raw = _run(stream, path, timeout)
     return np.frombuffer(raw, dtype="<f4").astype(np.float32, copy=True)
@@ -192,7 +198,7 @@ def decode_video(path: str | Path, fps: float, max_side: int, info: VideoStream,
     w, h = target_size(*info.display_size, max_side)
     kw = {"t": max_seconds} if max_seconds else {}
     stream = (
-        ffmpeg.input(path, **kw)
+        ffmpeg.input(local_input(path), **kw)
         .video.filter("fps", fps=fps)
         .filter("scale", w, h, flags="area")
         .filter("setsar", 1)

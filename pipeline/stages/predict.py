@@ -81,7 +81,8 @@ def run(p: Params, videos: list[Path], model_dir: Path, lm_dir: Path, encoders_d
         if not v.is_file():
             res["error"] = f"{v}: file not found"
             continue
-        rows.append({"clip_id": cid, "video_path": str(v.resolve()), "root": "", "split": "predict", "label": None,
+        real = v.resolve()  # the user named this file: its own folder is its root
+        rows.append({"clip_id": cid, "video_path": real.name, "root": str(real.parent), "split": "predict", "label": None,
                      "transcript": transcripts.get(str(v), ""), "dataset": "predict"})
     if not rows:
         return results

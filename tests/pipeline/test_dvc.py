@@ -221,3 +221,64 @@ def _find(node, key):
     elif isinstance(node, list):
         for v in node:
             yield from _find(v, key)
+
+
+TIMING_KEYS = {"seconds", "train_seconds", "generate_seconds", "started"}
+
+
+def _metrics_without_timing(repo: Path) -> dict[str, object]:
+    def strip(node):
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k not in TIMING_KEYS}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    out = {}
+    for f in sorted((repo / "metrics").rglob("*.json")):
+        out[str(f.relative_to(repo))] = strip(json.loads(f.read_text()))
+    return out
+
+
+def _outs(repo: Path) -> dict[str, str]:
+    """Every cached output's hash in dvc.lock (stores, models, predictions)."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {o["path"]: o.get("md5") for st in lock["stages"].values() for o in st.get("outs", [])
+            if not o["path"].startswith("metrics")}
+
+
+@pytest.mark.slow
+def test_a_lab_shares_one_remote_and_two_repros_are_identical(dvc_repo, tmp_path):
+    """dvc push to a shared remote, a fresh clone, dvc pull, and dvc repro has nothing to do; a second,
+    independent full repro from the same commit gives identical metrics (timings aside) and identical stores."""
+    repo, run, git, _ = dvc_repo
+    first = run("repro")
+    assert first.returncode == 0, first.stdout + first.stderr
+    remote = tmp_path / "lab-remote"
+    assert run("remote", "add", "-d", "lab", str(remote)).returncode == 0
+    push = run("push")
+    assert push.returncode == 0, push.stdout + push.stderr
+    git("add", "-A")
+    git("commit", "-qm", "results")
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", DVC_SITE_CACHE_DIR=str(tmp_path / "site2"),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    dvc = str(Path(sys.executable).parent / "dvc")
+    for name in ("colleague", "rerun"):
+        subprocess.run(["git", "clone", "-q", str(repo), str(tmp_path / name)], check=True, env=env)
+    # a colleague pulls the shared results: nothing needs to run
+    colleague = tmp_path / "colleague"
+    pull = subprocess.run([dvc, "pull"], cwd=colleague, env=env, capture_output=True, text=True)
+    assert pull.returncode == 0, pull.stdout + pull.stderr
+    again = subprocess.run([dvc, "repro"], cwd=colleague, env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and _ran(again.stdout) == set(), again.stdout + again.stderr
+    assert (colleague / "data" / "models" / "stage2" / "adapter_model.safetensors").exists()
+    # an independent full repro of the same commit, from nothing: the same numbers and the same stores
+    rerun = tmp_path / "rerun"
+    full = subprocess.run([dvc, "repro", "--force"], cwd=rerun, env=env, capture_output=True, text=True)
+    assert full.returncode == 0, full.stdout + full.stderr
+    assert _metrics_without_timing(rerun) == _metrics_without_timing(repo)
+    a, b = _outs(repo), _outs(rerun)
+    same = {k for k in a if a[k] == b.get(k)}
+    for store in ("data/interim/decoded.zarr", "data/interim/faces.zarr", "data/features/hubert.zarr",
+                  "data/features/mae.zarr", "data/models/stage1"):
+        assert store in same, (store, a.get(store), b.get(store))
