@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,17 +77,30 @@ ADAPTERS = ("synthetic", "folder", "mer2023", "mer2024", "merr", "emer")
 
 
 class Source(Strict):
-    name: str
+    name: str  # lower-case letters, digits, _: the prefix of every clip id from this source
     adapter: Literal["synthetic", "folder", "mer2023", "mer2024", "merr", "emer"]
     root: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", v):
+            raise ValueError(f"a source name is lower-case letters, digits and _, starting with a letter; got {v!r}")
+        return v
 
 
 class DataConfig(Strict):
     """Which datasets exist and where they live (`data.sources`)."""
 
     sources: tuple[Source, ...] = (Source(name="synthetic", adapter="synthetic", root="data/raw/synthetic"),)
+    train: tuple[str, ...] = ("synthetic:train",)  # source:split pairs that train both stages (paper: [merr:train])
+    val: tuple[str, ...] = ("synthetic:val",)  # source:split pairs that validate them; empty: carved from train
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # the carved share, stratified by label
+    seed: int = 0  # the carving's seed
+    transcript_language: Literal["english", "chinese"] = "english"  # which transcript files/columns to read
 
     _sources_tuple = field_validator("sources", mode="before")(_as_tuple)
+    _pairs_tuple = field_validator("train", "val", mode="before")(_as_tuple)
 
     @model_validator(mode="after")
     def _unique(self) -> "DataConfig":
@@ -372,7 +386,7 @@ class EvaluateConfig(Strict):
     mer: EvalSplit = EvalSplit()  # discrete labels -> metrics/mer2023.json
     ov: EvalSplit = EvalSplit()  # open vocabulary -> metrics/mer2024_ov.json
     emer: EvalSplit = EvalSplit()  # explanations -> metrics/emer.json
-    grouping: str | None = None  # a synonym grouping file; null: the offline table
+    grouping: str | None = None  # a synonym grouping file, or a folder of the official per-sample <name>.npy groupings; null: the offline table
     batch_size: int = Field(16, ge=1)
     judge: JudgeConfig = JudgeConfig()
 

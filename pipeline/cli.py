@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 
-ParamsOpt = Annotated[Path, typer.Option("--params", help="params file (YAML); its sections configure the stages")]
+ParamsOpt = Annotated[Optional[Path], typer.Option("--params", help="params file (YAML) [default: params.yaml if there is one here, else the built-in defaults]")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a params key, e.g. --set decode.fps=25 (repeatable)")]
 MetricsOpt = Annotated[Path, typer.Option("--metrics", help="folder for the stage report metrics/<stage>.json")]
 FeaturesOpt = Annotated[Path, typer.Option("--features", help="folder of the feature stores")]
@@ -36,9 +36,15 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _params(path: Path, overrides: Optional[list[str]]):
+def _params(path: Optional[Path], overrides: Optional[list[str]]):
+    """An explicit --params file must exist; without one, ./params.yaml if present, else the built-in
+    defaults (so every command runs from any directory)."""
     from esva.config import load_params
 
+    if path is None:
+        path = Path("params.yaml") if Path("params.yaml").is_file() else None
+        if path is None:
+            logging.getLogger("esva").info("no params.yaml here: using the built-in defaults (`esva params` prints them)")
     return load_params(path, tuple(overrides or ()))
 
 
@@ -99,7 +105,7 @@ def main(ctx: typer.Context,
 @app.command()
 @friendly
 def synth(out: Annotated[Path, typer.Option(help="output folder for videos/, labels.csv, ground_truth.csv")] = Path("data/raw/synthetic"),
-          params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
+          params: ParamsOpt = None, set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
     """Generate the embedded synthetic corpus (params section `synth`)."""
     from pipeline.stages import synth as stage
 
@@ -111,27 +117,29 @@ def synth(out: Annotated[Path, typer.Option(help="output folder for videos/, lab
 def ingest(dataset: Annotated[Optional[str], typer.Option(help="adapter: synthetic, folder, mer2023, mer2024, merr, emer; default: every entry of data.sources")] = None,
            root: Annotated[Optional[Path], typer.Option(help="dataset root folder (with --dataset)")] = None,
            out: Annotated[Path, typer.Option(help="manifest to write")] = Path("data/manifest.parquet"),
-           params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
+           params: ParamsOpt = None, set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
     """Read datasets with their adapters and write the manifest (params `data.sources`, `ingest`)."""
     from esva.config import ADAPTERS, ConfigError, Source
     from pipeline.stages import ingest as stage
 
     p = _stage_params(stage, params, set_)
-    sources = p.data.sources
     if dataset or root:
         if not (dataset and root):
             raise ConfigError("--dataset and --root go together")
         if dataset not in ADAPTERS:
             raise ConfigError(f"--dataset must be one of {list(ADAPTERS)}, got {dataset!r}")
-        sources = (Source(name=dataset, adapter=dataset, root=str(root)),)
-    stage.run(p.ingest, sources, out, metrics)
+        # one source from the command line: its own splits keep their usual roles (train, val, test)
+        stage.run(p.ingest, (Source(name=dataset, adapter=dataset, root=str(root)),), out, metrics)
+        return
+    stage.run(p.ingest, p.data.sources, out, metrics, data_cfg=p.data,
+              evaluate_cfg=p.evaluate)
 
 
 @app.command()
 @friendly
 def decode(manifest: Annotated[Path, typer.Option(help="manifest from `esva ingest`")] = Path("data/manifest.parquet"),
            out: Annotated[Path, typer.Option(help="Zarr store of decoded audio and frames")] = Path("data/interim/decoded.zarr"),
-           params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
+           params: ParamsOpt = None, set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
     """Decode every clip to 16 kHz mono audio and RGB frames (params section `decode`); resumable."""
     from pipeline.stages import decode as stage
 
@@ -142,7 +150,7 @@ def decode(manifest: Annotated[Path, typer.Option(help="manifest from `esva inge
 @friendly
 def crop(decoded: Annotated[Path, typer.Option(help="store from `esva decode`")] = Path("data/interim/decoded.zarr"),
          out: Annotated[Path, typer.Option(help="Zarr store of aligned face crops")] = Path("data/interim/faces.zarr"),
-         params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
+         params: ParamsOpt = None, set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
     """Detect, align and crop faces from the decoded frames (params section `crop`); resumable."""
     from pipeline.stages import crop as stage
 
@@ -157,7 +165,7 @@ def extract(encoder: Annotated[str, typer.Argument(help="hubert, mae, videomae, 
             faces: Annotated[Path, typer.Option(help="face store (vision encoders)")] = Path("data/interim/faces.zarr"),
             manifest: Annotated[Path, typer.Option(help="manifest (text encoder)")] = Path("data/manifest.parquet"),
             models: Annotated[Path, typer.Option(help="folder for tiny checkpoints and weight provenance")] = Path("data/models/encoders"),
-            params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
+            params: ParamsOpt = None, set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
     """Frozen-encoder features, frame-level and utterance-level, into a Zarr store (params `features.ENCODER`); resumable."""
     from esva.config import ENCODERS, ConfigError
     from pipeline.stages import extract as stage
@@ -176,7 +184,7 @@ def train(out: Annotated[Path, typer.Option(help="model folder (safetensors + re
           manifest: Annotated[Path, typer.Option(help="manifest (labels and splits)")] = Path("data/manifest.parquet"),
           features: FeaturesOpt = Path("data/features"),
           reference: Annotated[Path, typer.Option(help="the sync-baseline row for alignment.json")] = Path("metrics/alignment_reference.json"),
-          params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
+          params: ParamsOpt = None, set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
     """Stage 1: MSFE + alignment + fusion on cached features (params msfe, contrast, align, train, features.use)."""
     from pipeline.stages import train as stage
 
@@ -187,7 +195,7 @@ def train(out: Annotated[Path, typer.Option(help="model folder (safetensors + re
 @friendly
 def lm(out: Annotated[Path, typer.Option(help="base LLM folder (tiny: weights + tokenizer; else a pointer)")] = Path("data/models/llm"),
        manifest: Annotated[Path, typer.Option(help="manifest (the tiny LLM learns the training split's text)")] = Path("data/manifest.parquet"),
-       params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
+       params: ParamsOpt = None, set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
     """The base LLM of stage 2 (params `llm`): tiny = tokenizer + small LLaMA pretrained on corpus text."""
     from pipeline.stages import lm as stage
 
@@ -201,7 +209,7 @@ def tune(out: Annotated[Path, typer.Option(help="stage-2 folder (peft adapter, p
          features: FeaturesOpt = Path("data/features"),
          stage1: Annotated[Path, typer.Option(help="stage-1 model folder")] = Path("data/models/stage1"),
          llm: LlmOpt = Path("data/models/llm"),
-         params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
+         params: ParamsOpt = None, set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
     """Stage 2: LoRA instruction tuning with projected audio and video tokens (params `tune`)."""
     from pipeline.stages import tune as stage
 
@@ -217,7 +225,7 @@ def predict(videos: Annotated[list[Path], typer.Argument(help="video files (any 
             llm: LlmOpt = Path("data/models/llm"),
             encoders: Annotated[Path, typer.Option(help="encoder checkpoints used for training")] = Path("data/models/encoders"),
             keep: Annotated[Optional[Path], typer.Option(help="keep the intermediate stores in this folder")] = None,
-            params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+            params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Label, explanation and per-modality evidence for raw videos: decode -> crop -> extract -> stage 1 -> stage 2."""
     from pipeline.stages import predict as stage
 
@@ -242,7 +250,7 @@ def evaluate(out: Annotated[Path, typer.Option(help="folder for mer2023.json, me
              predictions_dir: Annotated[Path, typer.Option("--predictions-dir", help="where generated predictions go (parquet)")] = Path("data/predictions"),
              predictions: Annotated[Optional[Path], typer.Option(help="score this file (clip_id, answer) instead of generating; needs --task")] = None,
              task: Annotated[Optional[str], typer.Option(help="mer, ov or emer (with --predictions)")] = None,
-             params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+             params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Generate on each evaluation split and score it as the benchmarks do (params `evaluate`)."""
     from esva.config import ConfigError
     from pipeline.stages import evaluate as stage
@@ -271,7 +279,7 @@ def sync_baseline(out: Annotated[Path, typer.Option(help="reference metrics file
                   decoded: Annotated[Path, typer.Option(help="decoded store")] = Path("data/interim/decoded.zarr"),
                   faces: Annotated[Path, typer.Option(help="face store")] = Path("data/interim/faces.zarr"),
                   manifest: Annotated[Path, typer.Option(help="manifest with offset_ms")] = Path("data/manifest.parquet"),
-                  params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+                  params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """The alignment reference: plain cross-correlation of audio energy and mouth motion (params align.max_shift)."""
     from pipeline.stages import sync as stage
 
@@ -289,6 +297,16 @@ def convert(checkpoint: Annotated[str, typer.Argument(help="a checkpoint folder 
 
     rep = run_convert(checkpoint, out, revision)
     typer.echo(f"{rep['source']} -> {rep['out']}: {rep['tensors']} tensors in {', '.join(rep['files'])}")
+
+
+@app.command("params")
+@friendly
+def show_params(params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """Print the effective params (the file, or the built-in defaults, with --set applied) as YAML: a
+    starting point for your own params file."""
+    import yaml
+
+    typer.echo(yaml.safe_dump(_params(params, set_).model_dump(mode="json"), sort_keys=False, allow_unicode=True), nl=False)
 
 
 @app.command()

@@ -6,6 +6,7 @@ stage runs reruns it, and a change to anything else never does. The CLI (pipelin
 only parses arguments and calls a stage's `run()`.
 
     python -m pipeline.deps            prints each stage's code deps and params, as dvc.yaml should hold them
+    python -m pipeline.deps --write    rewrites them in dvc.yaml (everything else in the file is kept)
 """
 
 from __future__ import annotations
@@ -107,15 +108,52 @@ def params_keys(stage: str, item: str | None = None) -> list[str]:
     return [k for k in keys if not any(k.startswith(other + ".") for other in keys)]
 
 
-def main() -> None:  # pragma: no cover - a printing helper for editing dvc.yaml
+def rewrite_dvc_yaml(path: Path = ROOT / "dvc.yaml") -> str:
+    """dvc.yaml with every stage's code deps and params replaced by the derived ones (data deps, comments
+    and everything else kept as they are)."""
+    import re
+
+    lines = path.read_text(encoding="utf-8").split("\n")
+    out: list[str] = []
+    stage = None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        m = re.match(r"^  ([A-Za-z_-]+):\s*$", line)
+        if m:
+            stage = m.group(1)
+        block = re.match(r"^(\s+)(deps|params):\s*(#.*)?$", line)
+        if stage in STAGE_MODULES and block:
+            indent, kind = block.group(1), block.group(2)
+            out.append(line)
+            i += 1
+            items = []
+            while i < len(lines) and re.match(rf"^{indent}  - ", lines[i]):
+                items.append(lines[i])
+                i += 1
+            if kind == "deps":
+                out += [x for x in items if not re.match(r"^\s+- (esva|pipeline)/", x)]
+                out += [f"{indent}  - {f}" for f in code_deps(stage)]
+            else:
+                keys = ["features.${key}"] if stage == "extract" else params_keys(stage)
+                out += [f"{indent}  - {k}" for k in keys]
+            continue
+        out.append(line)
+        i += 1
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:  # pragma: no cover - a developer's tool
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--write"]:
+        (ROOT / "dvc.yaml").write_text(rewrite_dvc_yaml(), encoding="utf-8")
+        print("dvc.yaml: code deps and params rewritten from the code")
+        return
     for stage in STAGE_MODULES:
         print(f"{stage}:")
         for f in code_deps(stage):
             print(f"  - {f}")
-        try:
-            print("  params:", params_keys(stage, "<encoder>"))
-        except Exception as exc:  # noqa: BLE001
-            print("  params: ?", exc)
+        print("  params:", params_keys(stage, "${key}"))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,19 +1,24 @@
 """Dataset adapters: each reads a dataset's own files and returns manifest rows plus problems.
 
-A registry dict maps the adapter name to its function `(root, name, labels) -> AdapterResult`.
-Formats (as the datasets ship them):
+A registry dict maps the adapter name to its function `(root, name, labels, language) -> AdapterResult`.
+Formats (as the datasets ship them; MERTools, Emotion-LLaMA and AffectGPT describe them):
 
 - synthetic: `labels.csv` + `ground_truth.csv` written by `esva synth`, videos under `videos/`.
-- folder: every video under root; optional `labels.csv` with `name,label` (or `name,discrete`).
+- folder: every video under root; optional `labels.csv` (`name,label` or `name,discrete`) and
+  `transcripts.csv` (`name,transcript`).
 - mer2023: `train-label.csv` / `test{1,2,3}-label.csv` (`name,discrete,valence`), videos in
-  `train/ test1/ test2/ test3/`.
-- mer2024: `label-disdim.csv` (`name,discrete`) and an OV file (`name,openset`, openset a Python list
-  string such as "['happy', 'excited']").
+  `train/ test1/ test2/ test3/` (or anywhere under root).
+- mer2024: `label-disdim.csv` (`name,discrete[,valence]`) and an OV file (`name,openset`, openset a Python
+  list string such as "['happy', 'excited']").
 - merr: Emotion-LLaMA's space-separated annotation txt (`name frames label [valence]`) plus the
-  coarse- and fine-grained caption JSON files ({name: caption or {..., "smp_reason_caption": ...}}).
-- emer: `names,emotions,subtitles,reasons` and `name,chinese,english`.
+  coarse- and fine-grained caption JSON files ({name: {"caption"| "smp_reason_caption": ...}}).
+- emer: v1 `gt-eng.csv` / `gt-chi.csv` (`names,emotions,subtitles,reasons`); v2 `final-EMER-reason.csv`
+  (`name,chinese,english`: the *reference explanations*, never transcripts); the CASIA (MER2025 OV-MERD)
+  release: `track3_train_ovmerd.csv` (`name,reason`), `track2_train_ovmerd.csv` (`name,openset`).
 
-Transcript CSVs (`name,sentence` or `name,english`) anywhere directly under root attach to rows.
+Transcripts come only from each dataset's own transcript files, named below (`TRANSCRIPTS`), in the
+language `data.transcript_language` asks for; a clip without one is counted, never filled from another
+file. A valence of -10 is MER's and MERR's "no valence" placeholder and is stored as missing.
 """
 
 from __future__ import annotations
@@ -100,29 +105,53 @@ def index_videos(root: Path, exts: Iterable[str] = VIDEO_EXTS) -> dict[str, list
     return out
 
 
-def transcripts(root: Path) -> dict[str, str]:
-    """name -> transcript from any `name,english` or `name,sentence` CSV directly under root."""
+# each dataset's transcript files, in order of preference: (file, {language: column})
+TRANSCRIPTS: dict[str, list[tuple[str, dict[str, str]]]] = {
+    "mer2023": [("transcription-engchi-polish.csv", {"english": "english", "chinese": "chinese"}),
+                ("transcription.csv", {"chinese": "sentence"})],  # the ASR output (Chinese)
+    "mer2024": [("label-transcription.csv", {"english": "english", "chinese": "chinese"}),
+                ("transcription-merge.csv", {"chinese": "chinese"}),
+                ("transcription_all_new.csv", {"english": "sentence_en"}),
+                ("transcription.csv", {"chinese": "sentence"})],
+    "merr": [("transcription_en_all.csv", {"english": "sentence"})],
+    "emer": [("subtitle_chieng.csv", {"english": "english", "chinese": "chinese"}),
+             ("subtitle-eng.csv", {"english": "english", "chinese": "chinese"})],
+    "folder": [("transcripts.csv", {"english": "transcript", "chinese": "transcript"})],
+    "synthetic": [],  # labels.csv's own transcript column
+}
+
+
+def transcripts(root: Path, adapter: str, language: str) -> tuple[dict[str, str], list[str]]:
+    """name -> transcript in `language` from the dataset's own transcript files; and the files used."""
     found: dict[str, str] = {}
-    for path in sorted(root.glob("*.csv")):
-        header = _header(path)
-        col = "english" if "english" in header else "sentence" if "sentence" in header else None
-        if "name" not in header or col is None:
+    used = []
+    for name, columns in TRANSCRIPTS.get(adapter, []):
+        path = root / name
+        col = columns.get(language)
+        if col is None or not path.exists():
             continue
+        header = _header(path)
+        if "name" not in header or col not in header:
+            raise AdapterError(f"{path}: a transcript file needs the columns name,{col} (has {header})")
+        used.append(name)
         for r in _read_csv(path):
             if r.get(col) and r["name"] not in found:
                 found[r["name"]] = r[col]
-    return found
+    return found, used
 
 
 class _Builder:
     """Collects rows and problems with the checks every adapter shares."""
 
-    def __init__(self, dataset: str, root: Path, labels: Iterable[str]):
+    def __init__(self, dataset: str, root: Path, labels: Iterable[str], adapter: str = "folder",
+                 language: str = "english"):
         self.dataset, self.root, self.labels = dataset, root, tuple(labels)
         self.videos = index_videos(root)
         self.result = AdapterResult()
         self.seen: dict[str, str] = {}
-        self.texts = transcripts(root)
+        self.texts, files = transcripts(root, adapter, language)
+        self.result.notes["transcripts"] = {"language": language, "files": files, "found": 0, "missing": 0}
+        self.result.notes["valence_placeholders"] = 0
 
     def add(self, src: str, row_no: int | None, name: str, split: str, label: object = None, valence: object = None,
             ov: list[str] | None = None, transcript: str | None = None, reason: str = "",
@@ -164,17 +193,22 @@ class _Builder:
             except (TypeError, ValueError):
                 self.result.problems.append(Problem(src, row_no, name, f"valence {valence!r} is not a number"))
                 return
+            if val == -10.0:  # MER2023 / MERR: "no valence", not a valence of -10
+                val = None
+                self.result.notes["valence_placeholders"] += 1
         self.seen[cid] = f"{src}:{row_no}"
+        text = transcript if transcript is not None else self.texts.get(name, "")
+        self.result.notes["transcripts"]["found" if text else "missing"] += 1
         self.result.rows.append({
             "clip_id": cid, "video_path": cands[0].as_posix(), "root": str(self.root), "split": split,
             "label": lab, "valence": val, "ov_labels": [w.strip().lower() for w in (ov or []) if w.strip()],
-            "transcript": transcript if transcript is not None else self.texts.get(name, ""),
+            "transcript": text,
             "reason": reason or "", "dataset": self.dataset, "source_name": name, **extra,
         })
 
 
-def synthetic(root: Path, dataset: str, labels: Iterable[str]) -> AdapterResult:
-    b = _Builder(dataset, root, labels)
+def synthetic(root: Path, dataset: str, labels: Iterable[str], language: str = "english") -> AdapterResult:
+    b = _Builder(dataset, root, labels, "synthetic", language)
     rows = _require(root / "labels.csv", ["name", "split", "discrete", "valence", "transcript", "reason", "openset"])
     gt = {r["clip_id"]: r for r in _require(root / "ground_truth.csv", ["clip_id", "offset_ms"])}
     for i, r in enumerate(rows, start=2):
@@ -209,8 +243,8 @@ def _pylist(s: str) -> list[str]:
     return [str(w).strip().strip("'\"") for w in v if str(w).strip()]
 
 
-def folder(root: Path, dataset: str, labels: Iterable[str]) -> AdapterResult:
-    b = _Builder(dataset, root, labels)
+def folder(root: Path, dataset: str, labels: Iterable[str], language: str = "english") -> AdapterResult:
+    b = _Builder(dataset, root, labels, "folder", language)
     lab_file = root / "labels.csv"
     known: dict[str, tuple[int, dict]] = {}
     if lab_file.exists():
@@ -226,8 +260,8 @@ def folder(root: Path, dataset: str, labels: Iterable[str]) -> AdapterResult:
     return b.result
 
 
-def mer2023(root: Path, dataset: str, labels: Iterable[str]) -> AdapterResult:
-    b = _Builder(dataset, root, labels)
+def mer2023(root: Path, dataset: str, labels: Iterable[str], language: str = "english") -> AdapterResult:
+    b = _Builder(dataset, root, labels, "mer2023", language)
     files = [(s, root / f"{s}-label.csv") for s in ("train", "test1", "test2", "test3")]
     if not any(p.exists() for _, p in files):
         raise AdapterError(f"{root}: no MER2023 label file (expected train-label.csv or test1/2/3-label.csv)")
@@ -239,8 +273,8 @@ def mer2023(root: Path, dataset: str, labels: Iterable[str]) -> AdapterResult:
     return b.result
 
 
-def mer2024(root: Path, dataset: str, labels: Iterable[str]) -> AdapterResult:
-    b = _Builder(dataset, root, labels)
+def mer2024(root: Path, dataset: str, labels: Iterable[str], language: str = "english") -> AdapterResult:
+    b = _Builder(dataset, root, labels, "mer2024", language)
     disc = root / "label-disdim.csv"
     ov_files = [p for p in sorted(root.glob("*.csv")) if {"name", "openset"} <= set(_header(p))]
     if not disc.exists() and not ov_files:
@@ -283,8 +317,8 @@ def _caption(v: object) -> str:
     return ""
 
 
-def merr(root: Path, dataset: str, labels: Iterable[str]) -> AdapterResult:
-    b = _Builder(dataset, root, labels)
+def merr(root: Path, dataset: str, labels: Iterable[str], language: str = "english") -> AdapterResult:
+    b = _Builder(dataset, root, labels, "merr", language)
     txts = sorted(root.glob("*.txt"))
     if not txts:
         raise AdapterError(f"{root}: no MERR annotation txt (`name frames label [valence]` per line)")
@@ -319,29 +353,65 @@ def merr(root: Path, dataset: str, labels: Iterable[str]) -> AdapterResult:
     return b.result
 
 
-def emer(root: Path, dataset: str, labels: Iterable[str]) -> AdapterResult:
-    b = _Builder(dataset, root, labels)
-    gts = [p for p in sorted(root.glob("*.csv")) if {"names", "emotions"} <= set(_header(p))]
-    if not gts:
-        raise AdapterError(f"{root}: no EMER file with columns names,emotions,subtitles,reasons")
-    for path in gts:
+CHINESE_LABELS = {"生气": "angry", "高兴": "happy", "担忧": "worried", "悲伤": "sad", "惊讶": "surprise", "中性": "neutral"}
+
+
+def emer(root: Path, dataset: str, labels: Iterable[str], language: str = "english") -> AdapterResult:
+    """EMER in any of its releases, one row per clip (a later release's row wins over an earlier one):
+    - CASIA / MER2025 OV-MERD (split `ovmerd`): `track3_train_ovmerd.csv` (name,reason) with
+      `track2_train_ovmerd.csv` (name,openset) for the open-vocabulary labels;
+    - v2 (split `v2`): `final-EMER-reason.csv` (name,chinese,english), the reference explanations;
+    - v1 (split `v1`): `gt-eng.csv` (English) or `gt-chi.csv` (Chinese) (names,emotions,subtitles,reasons),
+      whose `subtitles` are the transcripts.
+    A reference explanation only ever fills `reason`; transcripts come from the subtitles (v1) or the
+    release's subtitle file (`subtitle_chieng.csv`)."""
+    b = _Builder(dataset, root, labels, "emer", language)
+    casia, v2 = root / "track3_train_ovmerd.csv", root / "final-EMER-reason.csv"
+    v1 = [root / ("gt-eng.csv" if language == "english" else "gt-chi.csv"), root / "gt-eng.csv", root / "gt-chi.csv"]
+    v1 = next((p for p in v1 if p.exists()), None)
+    legacy = [p for p in sorted(root.glob("*.csv")) if p != v1 and p.name not in ("gt-eng.csv", "gt-chi.csv")
+              and {"names", "emotions"} <= set(_header(p))]
+    if not (casia.exists() or v2.exists() or v1 or legacy):
+        raise AdapterError(f"{root}: no EMER file (track3_train_ovmerd.csv, final-EMER-reason.csv, gt-eng.csv "
+                           "or gt-chi.csv)")
+    if casia.exists():
+        ov_file = root / "track2_train_ovmerd.csv"
+        ov = {r["name"]: _pylist(r["openset"]) for r in _require(ov_file, ["name", "openset"])} if ov_file.exists() else {}
+        for i, r in enumerate(_require(casia, ["name", "reason"]), start=2):
+            b.add(casia.name, i, r["name"], "ovmerd", None, None, ov.get(r["name"]), None, r["reason"])
+    if v2.exists():
+        col = "english" if language == "english" else "chinese"
+        earlier = set(b.seen)
+        for i, r in enumerate(_require(v2, ["name", col]), start=2):
+            if safe_id(r["name"]) in earlier:  # a later release has this clip
+                continue
+            b.add(v2.name, i, r["name"], "v2", None, None, None, None, r[col])
+    earlier = set(b.seen)
+    for path in [p for p in (v1,) if p] + legacy:
         for i, r in enumerate(_require(path, ["names", "emotions", "subtitles", "reasons"]), start=2):
-            words = [w.strip().lower() for w in r["emotions"].replace(";", ",").replace("，", ",").split(",") if w.strip()]
+            if safe_id(r["names"]) in earlier:  # a later release has this clip
+                continue
+            raw = r["emotions"].replace(";", ",").replace("，", ",").replace("、", ",")
+            words = [w.strip().lower() for w in raw.split(",") if w.strip()]
+            words = [CHINESE_LABELS.get(w, w) for w in words]
             label = next((w for w in (ALIASES.get(x, x) for x in words) if w in b.labels), None)
-            b.add(path.name, i, r["names"], "all", label, None, words, b.texts.get(r["names"]) or r["subtitles"],
+            b.add(path.name, i, r["names"], "v1", label, None, words, b.texts.get(r["names"]) or r["subtitles"],
                   r["reasons"])
     return b.result
 
 
-ADAPTERS: dict[str, Callable[[Path, str, Iterable[str]], AdapterResult]] = {
+ADAPTERS: dict[str, Callable[..., AdapterResult]] = {
     "synthetic": synthetic, "folder": folder, "mer2023": mer2023, "mer2024": mer2024, "merr": merr, "emer": emer,
 }
 
 
-def run_adapter(adapter: str, root: str | Path, dataset: str | None = None, labels: Iterable[str] = LABELS) -> AdapterResult:
+def run_adapter(adapter: str, root: str | Path, dataset: str | None = None, labels: Iterable[str] = LABELS,
+                language: str = "english") -> AdapterResult:
     if adapter not in ADAPTERS:
         raise AdapterError(f"unknown dataset adapter {adapter!r}; choose from {sorted(ADAPTERS)}")
+    if language not in ("english", "chinese"):
+        raise AdapterError(f"transcript language must be english or chinese, got {language!r}")
     root = Path(root)
     if not root.is_dir():
         raise AdapterError(f"dataset root is not a directory: {root}")
-    return ADAPTERS[adapter](root, dataset or adapter, labels)
+    return ADAPTERS[adapter](root, dataset or adapter, labels, language)

@@ -12,7 +12,12 @@ from typing import Any
 
 import pandas as pd
 
-COLUMNS = ["clip_id", "video_path", "root", "split", "label", "valence", "ov_labels", "transcript", "reason", "dataset"]
+COLUMNS = ["clip_id", "source", "name", "video_path", "root", "split", "role", "label", "valence", "ov_labels",
+           "transcript", "reason", "dataset"]
+# rows given no role by params (a source named on the command line, tests, benchmarks): its train / val / test
+# splits keep their usual meaning, any other split ("all" of a plain folder) is `extract`: decoded and
+# extracted, never trained on or evaluated
+_DEFAULT_ROLE = {"train": "train", "val": "val", "test": "eval:mer"}
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -48,6 +53,7 @@ class AdapterResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     n_in: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)  # counts for the ingest report (transcripts, ...)
 
 
 def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -56,6 +62,9 @@ def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = None
     df["valence"] = pd.to_numeric(df["valence"], errors="coerce").astype("float64")
+    df["source"] = df["source"].where(df["source"].notna(), df["dataset"])
+    df["name"] = df["name"].where(df["name"].notna(), df["clip_id"])
+    df["role"] = df["role"].where(df["role"].notna(), df["split"].map(lambda x: _DEFAULT_ROLE.get(str(x), "extract")))
     df["ov_labels"] = df["ov_labels"].map(lambda v: list(v) if isinstance(v, (list, tuple)) else [])
     for col in ("transcript", "reason"):
         df[col] = df[col].fillna("").astype(str)
@@ -101,7 +110,8 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         raise ManifestError(f"{path}: not a readable parquet manifest ({exc.__class__.__name__}: {exc})") from None
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
-        raise ManifestError(f"{path}: not an esva manifest, missing columns {missing}")
+        hint = " (written by an older esva: run `esva ingest` again)" if set(missing) <= {"source", "name", "role"} else ""
+        raise ManifestError(f"{path}: not an esva manifest, missing columns {missing}{hint}")
     for i, (root, rel) in enumerate(zip(df["root"].astype(str), df["video_path"].astype(str)), start=1):
         try:
             confined(root, rel)

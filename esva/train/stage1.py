@@ -23,12 +23,13 @@ from sklearn.metrics import accuracy_score, f1_score
 from esva import LABELS
 from esva.losses import supervised_contrastive, total_loss
 from esva.data.manifest import corpus_of
+from esva.data.roles import roles_of, stage_split
 from esva.eval.sync import offset_errors
 from esva.models.fusion import FRAME_LEVEL, FusionClassifier
 from esva.models.msfe import receptive_field
 from esva.store import open as open_store
 from esva.train.resume import Checkpointer, rng_state, set_rng_state
-from esva.train.stream import ByteLRU, StoreFeatures, length_of, prefetch_batches
+from esva.train.stream import ByteLRU, StoreFeatures, bound_heap, length_of, prefetch_batches
 from esva.precision import autocast, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,17 @@ def load_features(manifest: pd.DataFrame, stores: dict[str, Path], use: tuple[st
         readers[name], fields[name], dims[name] = readers[store], fld, dims[store]
         if not fld.endswith("_utt"):
             frame_level.add(name)
+    bound_heap()  # the passes over these clips free what they allocate back to the OS (memory bounded at corpus size)
     utt = {n: readers[n].read_all(fields[n]) for n in fields if n not in frame_level}
     cache = ByteLRU(cache_mb << 20)
     clips, skipped = [], {}
     lab_index = {lab: i for i, lab in enumerate(LABELS)}
     has_offset = "offset_ms" in manifest.columns
-    for row in manifest.itertuples(index=False):
+    # train / val / test (the MER evaluation rows) from each row's role; other roles are not read here
+    splits = [stage_split(r) for r in roles_of(manifest)]
+    for row, split in zip(manifest.itertuples(index=False), splits):
+        if split is None:
+            continue
         cid = row.clip_id
         unlabelled = row.label is None or (isinstance(row.label, float) and math.isnan(row.label))
         if unlabelled and labelled_only:
@@ -107,7 +113,7 @@ def load_features(manifest: pd.DataFrame, stores: dict[str, Path], use: tuple[st
         feats = StoreFeatures(cid, readers, fields, frame_level,
                               {n: utt[n][cid].astype(np.float32).reshape(-1) for n in utt}, cache)
         off = float(row.offset_ms) if has_offset and row.offset_ms is not None and not pd.isna(row.offset_ms) else None
-        clips.append(Clip(cid, -1 if unlabelled else lab_index[row.label], str(row.split), off, feats))
+        clips.append(Clip(cid, -1 if unlabelled else lab_index[row.label], split, off, feats))
     return FeatureData(clips, dims, rates, corpus_of(manifest["dataset"]), skipped, cache)
 
 

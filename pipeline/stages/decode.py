@@ -38,8 +38,11 @@ def input_digest(path: Path, mode: str) -> str:
 
 def run(cfg: DecodeConfig, manifest: Path, out: Path, metrics_dir: Path | None = Path("metrics")) -> StageReport:
     df = read_manifest(manifest)
+    unused = int((df["role"] == "unused").sum())
+    df = df[df["role"] != "unused"]  # no stage reads them (esva.data.roles)
     corpus = corpus_of(df["dataset"])
     report = StageReport("decode", corpus=corpus, clips_in=len(df))
+    report.extra["unused_not_decoded"] = unused
     fp = recipe(cfg)
     rows = {r["clip_id"]: r for r in df.to_dict("records")}
     digests = {}

@@ -19,6 +19,7 @@ from esva.config import EvalSplit, Params
 from esva.data.instructions import eval_samples, parse_label, parse_ov
 from esva.data.manifest import corpus_of, read_manifest
 from esva.eval.metrics import EvalError, clue_overlap_proxy, discrete_scores, label_overlap_proxy, match_ids, ov_scores
+from esva.eval.official_ov import PerSampleGrouping, load_official, official_ov_scores
 from esva.eval.synonyms import load_grouping, offline
 from esva.models.projector import EXTRA, NEEDS
 from esva.train.stage1 import load_features
@@ -32,7 +33,7 @@ TASKS = {"mer": ("emotion", "mer2023"), "ov": ("ov", "mer2024_ov"), "emer": ("re
 
 def split_rows(df: pd.DataFrame, role: str, where: EvalSplit) -> pd.DataFrame:
     """The clips of one evaluation role that have something to score; an empty split is an error naming it."""
-    rows = df[(df["dataset"] == where.source) & (df["split"].astype(str) == where.split)]
+    rows = df[(df["source"] == where.source) & (df["split"].astype(str) == where.split)]
     if role == "mer":
         rows = rows[rows["label"].notna() & (rows["label"].astype(str) != "")]
     elif role == "ov":
@@ -40,7 +41,7 @@ def split_rows(df: pd.DataFrame, role: str, where: EvalSplit) -> pd.DataFrame:
     else:
         rows = rows[rows["reason"].astype(str).str.strip() != ""]
     if rows.empty:
-        have = sorted(df.loc[df["dataset"] == where.source, "split"].astype(str).unique())
+        have = sorted(df.loc[df["source"] == where.source, "split"].astype(str).unique())
         raise EvalError(f"evaluate.{role}: split {where.source}:{where.split} is empty (no clip with "
                         f"{'a label' if role == 'mer' else 'open-vocabulary labels' if role == 'ov' else 'a reason'}); "
                         f"splits of {where.source!r}: {have}")
@@ -57,7 +58,12 @@ def score(role: str, preds: pd.DataFrame, gold: pd.DataFrame, grouping, embed=No
         return discrete_scores(list(gold["label"]), [parse_label(a) for a in answers], LABELS,
                                list(gold["valence"]) if vp is not None else None, vp)
     if role == "ov":
+        if isinstance(grouping, PerSampleGrouping):  # the official per-sample groupings, keyed by the dataset's names
+            return official_ov_scores(list(gold["name"]), [list(v) for v in gold["ov_labels"]],
+                                      [parse_ov(a) for a in answers], grouping)
         return ov_scores([list(v) for v in gold["ov_labels"]], [parse_ov(a) for a in answers], grouping)
+    if isinstance(grouping, PerSampleGrouping):  # EMER's lexicon proxy needs one table: the offline one
+        grouping = offline()
     refs = [str(r) for r in gold["reason"]]
     gold_labels = [list(v) + ([lab] if isinstance(lab, str) and lab else []) for v, lab in zip(gold["ov_labels"], gold["label"])]
     out = {"label_overlap_proxy": label_overlap_proxy(gold_labels, answers, grouping)["label_overlap_proxy"],
@@ -102,7 +108,10 @@ def run(p: Params, manifest: Path, features_dir: Path, model_dir: Path, lm_dir: 
         predictions: Path | None = None) -> dict:
     cfg = p.evaluate
     df = read_manifest(manifest)
-    grouping = load_grouping(cfg.grouping) if cfg.grouping else offline()
+    if cfg.grouping and Path(cfg.grouping).is_dir():
+        grouping = load_official(cfg.grouping)  # a folder of <name>.npy: the official per-sample groupings
+    else:
+        grouping = load_grouping(cfg.grouping) if cfg.grouping else offline()
     judge = None
     if cfg.judge.base_url and cfg.judge.model:
         from esva.eval.judge import Judge

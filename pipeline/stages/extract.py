@@ -77,6 +77,7 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
         load = lambda c: src.read(c, ["faces"])["faces"]  # noqa: E731
     else:
         df = read_manifest(manifest)
+        df = df[df["role"] != "unused"]  # as decode: no stage reads them
         corpus = corpus_of(df["dataset"])
         texts = dict(zip(df["clip_id"], df["transcript"]))
         inputs = {c: text_digest(t) for c, t in texts.items()}

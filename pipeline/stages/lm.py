@@ -14,6 +14,7 @@ from pathlib import Path
 
 from esva import __version__
 from esva.config import LlmConfig, except_keys
+from esva.data.roles import roles_of
 from esva.data.manifest import corpus_of, read_manifest
 from esva.encoders.base import checkpoint_identity
 from esva.models.llm import LlmError, tiny_llama_config, tokenizer_corpus, train_tokenizer
@@ -35,9 +36,10 @@ def run(cfg: LlmConfig, manifest: Path, out: Path, metrics_dir: Path | None = Pa
     corpus = corpus_of(df["dataset"])
     report: dict = {"stage": "lm", "corpus": corpus, "checkpoint": cfg.checkpoint, "code_version": __version__}
     if cfg.checkpoint == "tiny":
-        train_df, val_df = df[df["split"] == "train"], df[df["split"] == "val"]
+        role = roles_of(df)
+        train_df, val_df = df[role == "train"], df[role == "val"]
         if train_df.empty:
-            raise LlmError(f"{manifest}: no clip with split 'train' to pretrain the tiny LLM on")
+            raise LlmError(f"{manifest}: no clip with role 'train' (data.train) to pretrain the tiny LLM on")
         report.update(_tiny(cfg, train_df, val_df, out, metrics_dir))
     else:
         from esva.checkpoints import CheckpointError, locate

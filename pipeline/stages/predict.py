@@ -82,7 +82,7 @@ def run(p: Params, videos: list[Path], model_dir: Path, lm_dir: Path, encoders_d
             res["error"] = f"{v}: file not found"
             continue
         real = v.resolve()  # the user named this file: its own folder is its root
-        rows.append({"clip_id": cid, "video_path": real.name, "root": str(real.parent), "split": "predict", "label": None,
+        rows.append({"clip_id": cid, "video_path": real.name, "root": str(real.parent), "split": "predict", "role": "predict", "label": None,
                      "transcript": transcripts.get(str(v), ""), "dataset": "predict"})
     if not rows:
         return results

@@ -3,11 +3,12 @@ audio energy and mouth-region motion) -> metrics/alignment_reference.json."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from esva.data.roles import stage_split
+from esva.provenance import atomic_write_json
 from esva.data.manifest import corpus_of, read_manifest
 from esva.eval.sync import audio_energy, mouth_motion, offset_errors, xcorr_offset
 from esva.store import open as open_store
@@ -25,13 +26,13 @@ def run(max_shift: int, decoded: Path, faces: Path, manifest: Path, out: Path) -
         fps = float(fac.attrs.get("fps") or 25.0)
         sr = int(dec.attrs["sample_rate"])
         rows = {}
-        for r in df.itertuples(index=False):
+        for r, split in zip(df.itertuples(index=False), map(stage_split, df["role"])):
             if r.clip_id not in fac or r.clip_id not in dec or np.isnan(r.offset_ms):
                 continue
             audio = dec.read(r.clip_id, ["audio"])["audio"]
             crops = fac.read(r.clip_id, ["faces"])["faces"]
             tau = xcorr_offset(audio_energy(audio, sr, fps, len(crops)), mouth_motion(crops), max_shift)
-            rows[r.clip_id] = (str(r.split), float(r.offset_ms), tau * 1000.0 / fps)
+            rows[r.clip_id] = (str(split), float(r.offset_ms), tau * 1000.0 / fps)
         frame_ms = 1000.0 / fps
 
         def summary(split):
@@ -41,10 +42,6 @@ def run(max_shift: int, decoded: Path, faces: Path, manifest: Path, out: Path) -
         result = {"corpus": corpus_of(df["dataset"]), "method": "normalised cross-correlation of audio RMS energy "
                   "and mouth-region motion, argmax over [-K, K] frames, parabola-refined",
                   "max_shift_frames": max_shift, "test": summary("test"), "all": summary(None)}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=2)
-        fh.write("\n")
+    atomic_write_json(Path(out), result)
     log.info("sync-baseline: %s", result.get("test"))
     return result

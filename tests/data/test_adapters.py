@@ -46,7 +46,10 @@ def test_mer2024_discrete_and_open_vocabulary(tmp_path):
     assert df.loc["sample_00002002", "label"] == "happy"
     assert df.loc["sample_00002003", "split"] == "ov" and pd.isna(df.loc["sample_00002003", "label"])
     assert df.loc["sample_00002003", "ov_labels"] == ["surprised", "curious", "excited"]
-    assert df.loc["sample_00002001", "transcript"] == "我很难过"
+    # the fixture ships only a Chinese ASR transcript (transcription.csv, name,sentence): English is missing, counted
+    assert df.loc["sample_00002001", "transcript"] == "" and res.notes["transcripts"]["missing"] == 3
+    zh = to_frame(run_adapter("mer2024", tmp_path / "mer2024", language="chinese").rows).set_index("clip_id")
+    assert zh.loc["sample_00002001", "transcript"] == "我很难过"
     assert "missing video" in _problems(res)[("sample_00002004", 4)]
 
 

@@ -59,7 +59,7 @@ def decoded(bad_folder, tmp_path_factory):
 
 def test_bad_files_are_skipped_with_reasons(decoded):
     rep, store, _ = decoded
-    got = {s["clip_id"]: s["reason"] for s in rep.skips}
+    got = {s["clip_id"].removeprefix("bad."): s["reason"] for s in rep.skips}  # ids are <source>.<name>
     assert got == EXPECTED_SKIPS
     assert rep.clips_in == 13 and rep.done == 7
     for s in rep.skips:
@@ -69,25 +69,25 @@ def test_bad_files_are_skipped_with_reasons(decoded):
 def test_good_files_are_decoded_correctly(decoded):
     _, store, _ = decoded
     ids = set(store.ids())
-    assert {"good", "oneminute", "odd", "odd_rotated", "vfr", "multich48k"} <= ids
-    good = store.read("good")
+    assert {"bad." + n for n in ("good", "oneminute", "odd", "odd_rotated", "vfr", "multich48k")} <= ids
+    good = store.read("bad.good")
     assert good["audio"].dtype == np.float32 and good["frames"].dtype == np.uint8
     assert abs(len(good["audio"]) - 32000) < 1200 and len(good["frames"]) == 50
     assert good["frames"].shape[1:] == (48, 64, 3)
-    assert store.meta("good")["fps"] == 25.0 and store.attrs["sample_rate"] == 16000
+    assert store.meta("bad.good")["fps"] == 25.0 and store.attrs["sample_rate"] == 16000
 
 
 def test_odd_rotated_vfr_multichannel_long_and_unicode(decoded):
     _, store, _ = decoded
-    assert store.read("odd")["frames"].shape[1:] == (180, 318, 3)
-    assert store.read("odd_rotated")["frames"].shape[1:] == (318, 180, 3)  # upright after rotation
-    vfr = store.meta("vfr")
+    assert store.read("bad.odd")["frames"].shape[1:] == (180, 318, 3)
+    assert store.read("bad.odd_rotated")["frames"].shape[1:] == (318, 180, 3)  # upright after rotation
+    vfr = store.meta("bad.vfr")
     assert vfr["n_frames"] == pytest.approx(25 * vfr["src_duration_s"], abs=3)
-    mc = store.read("multich48k")["audio"]
+    mc = store.read("bad.multich48k")["audio"]
     assert abs(len(mc) - 32000) < 1200 and np.abs(mc).max() > 0.05  # downmixed, resampled, not silent
-    assert store.meta("multich48k")["src_sample_rate"] == 48000
-    assert store.meta("oneminute")["n_frames"] == 1500
-    uni = [c for c in store.ids() if c.startswith("name_with_spaces")]
+    assert store.meta("bad.multich48k")["src_sample_rate"] == 48000
+    assert store.meta("bad.oneminute")["n_frames"] == 1500
+    uni = [c for c in store.ids() if c.startswith("bad.name_with_spaces")]
     assert len(uni) == 1 and uni[0].isascii()
 
 
@@ -100,7 +100,7 @@ def test_report_file_lists_skips(decoded):
     assert rep["skipped_by_reason"] == {"empty_file": 1, "no_audio_stream": 1, "no_video_stream": 1,
                                         "too_short": 1, "unreadable": 2}
     rows = list(csv.DictReader((out / "metrics" / "skips" / "decode.csv").open()))
-    assert {r["clip_id"] for r in rows} == set(EXPECTED_SKIPS)
+    assert {r["clip_id"].removeprefix("bad.") for r in rows} == set(EXPECTED_SKIPS)
 
 
 def test_too_many_skips_fail_naming_files_and_keep_work(decoded, tmp_path):
@@ -117,11 +117,11 @@ def test_truncation_policy_for_long_clips(bad_folder, tmp_path):
     import pandas as pd
 
     df = pd.read_parquet(tmp_path / "m.parquet")
-    df[df.clip_id == "oneminute"].to_parquet(tmp_path / "one.parquet")
+    df[df.clip_id == "b.oneminute"].to_parquet(tmp_path / "one.parquet")
     rep = decode.run(DecodeConfig(max_seconds=10.0), tmp_path / "one.parquet", tmp_path / "d.zarr", None)
     store = open_store(tmp_path / "d.zarr")
-    assert rep.extra["truncated"] == 1 and store.meta("oneminute")["n_frames"] == 250
-    assert "truncated" in store.meta("oneminute")["notes"][0]
+    assert rep.extra["truncated"] == 1 and store.meta("b.oneminute")["n_frames"] == 250
+    assert "truncated" in store.meta("b.oneminute")["notes"][0]
 
 
 def test_allow_missing_audio_when_configured(bad_folder, tmp_path):
@@ -130,10 +130,10 @@ def test_allow_missing_audio_when_configured(bad_folder, tmp_path):
     ingest.run(IngestConfig(max_skip_ratio=1.0), (Source(name="b", adapter="folder", root=str(bad_folder)),),
                tmp_path / "m.parquet", None)
     df = pd.read_parquet(tmp_path / "m.parquet")
-    df[df.clip_id == "noaudio"].to_parquet(tmp_path / "one.parquet")
+    df[df.clip_id == "b.noaudio"].to_parquet(tmp_path / "one.parquet")
     decode.run(DecodeConfig(require_audio=False), tmp_path / "one.parquet", tmp_path / "d.zarr", None)
     store = open_store(tmp_path / "d.zarr")
-    assert len(store.read("noaudio")["audio"]) == 0 and store.meta("noaudio")["has_audio"] is False
+    assert len(store.read("b.noaudio")["audio"]) == 0 and store.meta("b.noaudio")["has_audio"] is False
 
 
 def test_clips_without_any_face_are_skipped_or_centre_cropped(decoded, tmp_path):
@@ -147,5 +147,5 @@ def test_clips_without_any_face_are_skipped_or_centre_cropped(decoded, tmp_path)
     rep = crop.run(CropConfig(size=32, skip_if_no_face=False), out / "decoded.zarr", tmp_path / "g.zarr", None)
     assert rep.done == len(store.ids()) and rep.extra["clips_centre_cropped"] == rep.done
     faces = open_store(tmp_path / "g.zarr")
-    assert faces.read("odd_rotated")["faces"].shape[1:] == (32, 32, 3)
-    assert faces.read("good")["detected"].sum() == 0
+    assert faces.read("bad.odd_rotated")["faces"].shape[1:] == (32, 32, 3)
+    assert faces.read("bad.good")["detected"].sum() == 0

@@ -138,8 +138,7 @@ def dvc_repo(tmp_path, monkeypatch):
     params["msfe"].update(scales=2)
     params["llm"].update(vocab_size=320, hidden_size=32, layers=1, heads=2, intermediate_size=64, epochs=1, block=32)
     params["tune"].update(epochs=1, lora_r=4, audio_tokens=2, video_tokens=2, max_new_tokens=16)
-    for role in ("mer", "ov", "emer"):  # twelve clips leave the test split nearly empty
-        params["evaluate"][role]["split"] = "train"
+    # the default roles: train on synthetic:train, evaluate on synthetic:test (twelve clips: a few test clips)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / ".gitignore").write_text("/data/\n__pycache__/\n")
     env = dict(os.environ, DVC_NO_ANALYTICS="1", DVC_SITE_CACHE_DIR=str(tmp_path / "site"),

@@ -53,7 +53,7 @@ def test_a_replaced_video_is_recomputed_alone_with_its_downstream(chain):
         assert _report(m, stage)["clips"] == {"reused": 6, "recomputed": 0, "new": 0, "dropped": 0}, stage
 
     # replace one video by another under the same name (what a user does when re-encoding a clip)
-    videos = {p.stem: p for p in raw.rglob("*.mp4")}
+    videos = {f"synthetic.{p.stem}": p for p in raw.rglob("*.mp4")}  # clip ids are <source>.<name>
     shutil.copyfile(videos[donor], videos[victim])
     m = _run(d, raw, "replaced")
     for stage in ("decode", "crop", "extract_hubert", "extract_mae"):
@@ -89,7 +89,7 @@ def test_a_failed_clip_is_not_retried_while_its_input_is_unchanged(chain, monkey
     _run(d, raw, "warm")
     dec = open_store(d / "decoded.zarr")
     ids = dec.ids()
-    bad = next(p for p in raw.rglob("*.mp4") if p.stem == ids[1])
+    bad = next(p for p in raw.rglob("*.mp4") if f"synthetic.{p.stem}" == ids[1])
     bad.write_bytes(b"not a video")
     m = d / "m_bad"
     cfg = DecodeConfig(workers=1, max_skip_ratio=0.5)
