@@ -70,7 +70,10 @@ def test_the_chain_at_paper_width_with_one_layer(tmp_path):
         assert s["model"]["hidden_size"] == dim and s["features"]["dim"] == dim
         frames, d = s["features"]["arrays"]["last"]
         assert d == dim and frames == s["features"]["frames_of_one_clip"] >= 1
-        assert s["features"]["arrays_dtype"] == {"last": "float16", "last_utt": "float32"}
+        want = {"last": "float16", "last_utt": "float32"}
+        if enc == "eva":  # stage 2's EVA tokens too (Emotion-LLaMA's layout): CLS and the patch tokens
+            want |= {"cls": "float16", "cls_utt": "float32", "patches": "float16", "patches_utt": "float32"}
+        assert s["features"]["arrays_dtype"] == want
         assert s["precision"]["device"] == res["device"] and s["stored_dtype"] == "float16"
         if cpu:
             assert s["dtype"] == "fp32"
