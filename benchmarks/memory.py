@@ -18,9 +18,10 @@ Writes metrics/bench_memory.json. Random features: a memory benchmark, not a res
 
 Reading the numbers: the feature cache may hold up to feature_cache_mb (at N=300 the corpus is smaller
 than the default 512 MiB, at 3000 it is not), so `ratios_less_cache_estimate` also gives the ratio with
-that share taken out. The peak includes what glibc keeps in its heap after large frees; with a fixed
-mmap threshold (`MALLOC_MMAP_THRESHOLD_=131072 python -m benchmarks.memory`, recorded in `malloc_env`)
-the peak is closer to the memory actually live. `--repeats 3` reports medians of three runs.
+that share taken out. Both commands fix glibc's mmap and trim thresholds in process
+(`esva.train.stream.bound_heap`, recorded in `allocator`), so the peak follows the memory in use rather
+than what glibc's heap keeps after large frees (which grew with the number of batches); `malloc_env`
+records any MALLOC_* tunables set on top. `--repeats 3` reports medians of three runs.
 
     python -m benchmarks.memory                      # N=300 and 10N=3000 clips (~7 min on 2 idle cores, 2.6 GB disk)
     python -m benchmarks.memory --n 40 --factor 2    # a quick run
@@ -371,6 +372,18 @@ def _cache_estimate(rec: dict, cmd: str, cache_mb: int) -> None:
     run["peak_rss_mb_less_cache_estimate"] = round(run["peak_rss_mb"] - run["cache_fill_mb_estimate"], 1)
 
 
+def _allocator() -> str:
+    """What the measured commands do to the C allocator (they call bound_heap from load_features)."""
+    import platform
+
+    from esva.train.stream import HEAP_MMAP_THRESHOLD
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        return (f"glibc {platform.libc_ver()[1]}: esva train and tune fix the mmap and trim thresholds at "
+                f"{HEAP_MMAP_THRESHOLD} bytes in process (esva.train.stream.bound_heap)")
+    return "not glibc: the allocator's defaults"
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -412,6 +425,7 @@ def main(argv: list[str] | None = None) -> dict:
         "units": "MB = 10^6 bytes; 8 GB = 8000 MB",
         "feature_cache_mb": cache, "overrides": args.overrides,
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},  # glibc tunables in force
+        "allocator": _allocator(),
         "dims": DIMS, "frame_rates": RATES, "seconds_per_clip": [2.0, 8.0], "seed": args.seed, "repeats": args.repeats,
         "settings": {"train": "train.epochs=1, align.warmup_epochs=1 (two passes over the training split, "
                               "then validation and test predictions)",

@@ -38,6 +38,18 @@ def test_generated_stores_read_like_extract_outputs(tmp_path):
     assert generate(tmp_path / "N8", 8, seed=0)["reused"]  # the marker matches: nothing is rewritten
 
 
+def test_allocator_record_names_what_the_commands_set():
+    import platform
+
+    from benchmarks.memory import _allocator
+
+    rec = _allocator()
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert "bound_heap" in rec and "131072" in rec
+    else:
+        assert rec.startswith("not glibc")
+
+
 @pytest.mark.slow
 def test_memory_benchmark_tiny(tmp_path):
     from benchmarks.memory import main
@@ -54,4 +66,5 @@ def test_memory_benchmark_tiny(tmp_path):
     assert set(res["meets_target"]) == {"train", "tune", "overall"}
     assert all(r > 0 for r in res["ratios"].values())
     assert res["cores"] >= 1 and res["feature_cache_mb"]["train"] > 0 and "synthetic" in res["note"]
+    assert res["allocator"]
     assert not (tmp_path / "work" / "N12").exists()  # removed without --keep
