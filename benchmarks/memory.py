@@ -23,7 +23,7 @@ that share taken out. Both commands fix glibc's mmap and trim thresholds in proc
 than what glibc's heap keeps after large frees (which grew with the number of batches); `malloc_env`
 records any MALLOC_* tunables set on top. `--repeats 3` reports medians of three runs.
 
-    python -m benchmarks.memory                      # N=300 and 10N=3000 clips (~7 min on 2 idle cores, 2.6 GB disk)
+    python -m benchmarks.memory                      # N=300 and 10N=3000 clips (~30 min on 2 idle cores, 5 GB disk)
     python -m benchmarks.memory --n 40 --factor 2    # a quick run
     python -m benchmarks.memory --keep               # keep the generated sets (reused by the next run)
 """
