@@ -19,6 +19,11 @@ COLUMNS = ["clip_id", "source", "name", "video_path", "root", "split", "role", "
 # extracted, never trained on or evaluated
 _DEFAULT_ROLE = {"train": "train", "val": "val", "test": "eval:mer"}
 
+
+def default_role(split: object) -> str:
+    """The role of a row that params gave none (see above)."""
+    return _DEFAULT_ROLE.get(str(split), "extract")
+
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -64,7 +69,7 @@ def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df["valence"] = pd.to_numeric(df["valence"], errors="coerce").astype("float64")
     df["source"] = df["source"].where(df["source"].notna(), df["dataset"])
     df["name"] = df["name"].where(df["name"].notna(), df["clip_id"])
-    df["role"] = df["role"].where(df["role"].notna(), df["split"].map(lambda x: _DEFAULT_ROLE.get(str(x), "extract")))
+    df["role"] = df["role"].where(df["role"].notna(), df["split"].map(default_role))
     df["ov_labels"] = df["ov_labels"].map(lambda v: list(v) if isinstance(v, (list, tuple)) else [])
     for col in ("transcript", "reason"):
         df[col] = df[col].fillna("").astype(str)
@@ -119,12 +124,6 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
             raise ManifestError(f"{path}: row {i} (clip {df['clip_id'].iloc[i - 1]!r}): {exc}") from None
     df["ov_labels"] = df["ov_labels"].map(lambda v: [str(x) for x in v] if v is not None else [])
     return df
-
-
-def manifest_fingerprint(df: pd.DataFrame) -> str:
-    """Identity of the clips a stage reads (ids and files), for store rebuild decisions."""
-    blob = json.dumps(sorted(zip(df["clip_id"].astype(str), df["root"].astype(str), df["video_path"].astype(str))))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def corpus_of(datasets) -> str:

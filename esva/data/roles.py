@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from esva.data.manifest import default_role
+
 log = logging.getLogger(__name__)
 
 EVAL_ROLES = ("mer", "ov", "emer")
@@ -134,13 +136,10 @@ def stage_split(role: str) -> str | None:
     return None
 
 
-DEFAULT_ROLE = {"train": "train", "val": "val", "test": "eval:mer"}
-
-
 def roles_of(df: pd.DataFrame) -> pd.Series:
     """The manifest's roles; a frame built without them (tests, benchmarks: never `esva ingest`) reads its
     `split` as train/val/test, which is logged."""
     if "role" in df.columns and df["role"].notna().all():
         return df["role"].astype(str)
     log.warning("manifest without roles: train/val/test taken from its split column (run `esva ingest` for roles)")
-    return df["split"].astype(str).map(lambda s: DEFAULT_ROLE.get(s, "extract"))
+    return df["split"].map(default_role)

@@ -271,7 +271,7 @@ class RaggedWriter:
 
     # -- writing ---------------------------------------------------------------------------------
     def add(self, clip_id: str, arrays: dict[str, np.ndarray], meta: dict[str, Any] | None = None,
-            defer: bool = False) -> None:
+            defer: bool = False, digest: str | None = None) -> None:
         """Stage one clip; committed with the next `commit()` (automatic every `flush_every` clips or
         `flush_bytes`, unless `defer`, when the caller commits at a point of its choosing)."""
         if clip_id in self.index or any(c == clip_id for c, _ in self._staged):
@@ -285,6 +285,8 @@ class RaggedWriter:
             if clip_id not in self.wanted:
                 raise StoreError(f"{self.path}: clip {clip_id!r} has no provenance digest in this run")
             entry["digest"] = self.wanted[clip_id]
+        elif digest is not None:  # a copy of a clip keeps the digest it was made with (compaction)
+            entry["digest"] = digest
         prepared = {}
         for name, spec in self.fields.items():  # validate every field before changing any state
             arr = np.asarray(arrays[name])
@@ -381,9 +383,7 @@ class RaggedWriter:
         new = RaggedWriter(tmp, self.fields, attrs, self.group.attrs["fingerprint"], flush_every=self.flush_every,
                            flush_bytes=self.flush_bytes)
         for cid in self.order:
-            new.add(cid, reader.read(cid), self.index[cid]["meta"], defer=True)
-            new._staged[-1][1]["digest"] = self.index[cid].get("digest")
-            new.maybe_commit()
+            new.add(cid, reader.read(cid), self.index[cid]["meta"], digest=self.index[cid].get("digest"))
         extra = {k: v for k, v in self.state.items() if k not in STATE_KEYS}
         new.close(complete=bool(self.state.get("complete")), **extra)
         old = self.path.with_name(self.path.name + ".old")
