@@ -379,9 +379,30 @@ class JudgeConfig(Strict):
     timeout_s: float = Field(60.0, gt=0)
 
 
+class OvGroupingLlmConfig(Strict):
+    """An optional OpenAI-compatible LLM that writes the official MER2024-OV per-sample synonym groupings
+    (`<out>/<name>.npy`, resumable) which OV is then scored with. Off unless base_url is set; then model and
+    out are required."""
+
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = Field(60.0, gt=0)
+    out: str | None = None  # the folder of <name>.npy groupings
+
+    @model_validator(mode="after")
+    def _complete(self) -> "OvGroupingLlmConfig":
+        if self.base_url and not (self.model and self.out):
+            raise ValueError("with base_url set, model and out (the grouping folder) are required")
+        if not self.base_url and (self.model or self.out):
+            raise ValueError("model / out set without base_url: set base_url to call the LLM, "
+                             "or point evaluate.grouping at an existing folder")
+        return self
+
+
 class EvaluateConfig(Strict):
     """`esva evaluate`: which split each benchmark's metric is computed on (paper: MER2023 test3,
-    MER2024 OV, EMER), the OV synonym grouping, and the optional EMER judge."""
+    MER2024 OV, EMER), the OV synonym grouping, and the optional LLM scorers (EMER judge, OV grouping)."""
 
     mer: EvalSplit = EvalSplit()  # discrete labels -> metrics/mer2023.json
     ov: EvalSplit = EvalSplit()  # open vocabulary -> metrics/mer2024_ov.json
@@ -389,6 +410,14 @@ class EvaluateConfig(Strict):
     grouping: str | None = None  # a synonym grouping file, or a folder of the official per-sample <name>.npy groupings; null: the offline table
     batch_size: int = Field(16, ge=1)
     judge: JudgeConfig = JudgeConfig()
+    ov_grouping_llm: OvGroupingLlmConfig = OvGroupingLlmConfig()
+
+    @model_validator(mode="after")
+    def _one_ov_grouping(self) -> "EvaluateConfig":
+        if self.grouping and self.ov_grouping_llm.base_url:
+            raise ValueError("set evaluate.grouping or evaluate.ov_grouping_llm, not both "
+                             "(the LLM's folder, ov_grouping_llm.out, is the grouping then)")
+        return self
 
 
 class Params(Strict):

@@ -30,7 +30,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable
 
-from esva import LABELS
+from esva import LABELS, MERR_LABELS
 from esva.data.manifest import AdapterResult, Problem, confined, safe_id
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".flv", ".mpg", ".mpeg")
@@ -405,8 +405,13 @@ ADAPTERS: dict[str, Callable[..., AdapterResult]] = {
 }
 
 
-def run_adapter(adapter: str, root: str | Path, dataset: str | None = None, labels: Iterable[str] = LABELS,
+# each adapter's label set: MERR's nine (Emotion-LLaMA's spelling), MER2023/2024's six elsewhere
+LABEL_SETS: dict[str, tuple[str, ...]] = {"merr": MERR_LABELS}
+
+
+def run_adapter(adapter: str, root: str | Path, dataset: str | None = None, labels: Iterable[str] | None = None,
                 language: str = "english") -> AdapterResult:
+    """The adapter's rows; `labels` defaults to the dataset's own label set (LABEL_SETS, else MER's six)."""
     if adapter not in ADAPTERS:
         raise AdapterError(f"unknown dataset adapter {adapter!r}; choose from {sorted(ADAPTERS)}")
     if language not in ("english", "chinese"):
@@ -414,4 +419,5 @@ def run_adapter(adapter: str, root: str | Path, dataset: str | None = None, labe
     root = Path(root)
     if not root.is_dir():
         raise AdapterError(f"dataset root is not a directory: {root}")
+    labels = tuple(labels) if labels is not None else LABEL_SETS.get(adapter, LABELS)
     return ADAPTERS[adapter](root, dataset or adapter, labels, language)

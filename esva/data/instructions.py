@@ -5,7 +5,8 @@ Every sample follows Emotion-LLaMA's template (first_face.py), inside Llama-2-ch
     <video><VideoHere></video> <feature><FeatureHere></feature> The person in video says: {transcript}.  [{task}] {instruction}
 
 Tasks, with Emotion-LLaMA's instruction texts:
-- `emotion`: the target is the label word; the instruction lists Emotion-LLaMA's nine labels;
+- `emotion`: the target is the label word; the instruction lists the run's training vocabulary in
+  Emotion-LLaMA's order (`instruction_labels`: on MERR exactly Emotion-LLaMA's nine, on a six-label corpus six);
 - `reason`: the coarse reasoning text (MERR_coarse_grained `caption`; the manifest's `reason`);
 - `reason_v2`: the fine reasoning text (MERR_fine_grained `smp_reason_caption`; the manifest's `reason_fine`
   where a corpus has it);
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from esva import LABELS
+from esva import LABELS, MERR_LABELS
 
 TASKS = ("emotion", "reason", "reason_v2", "ov")
 
@@ -34,7 +35,13 @@ TEMPLATE = ("<video>" + VIDEO_SLOT + "</video> <feature>" + FEATURE_SLOT
             + "</feature> The person in video says: {transcript}.  [{task}] {instruction} ")
 
 # Emotion-LLaMA's nine labels, in the order its [emotion] instruction lists them
-EMOTION_LLAMA_LABELS = ("happy", "sad", "neutral", "angry", "worried", "surprise", "fear", "contempt", "doubt")
+EMOTION_LLAMA_LABELS = MERR_LABELS
+
+
+def instruction_labels(vocab) -> tuple[str, ...]:
+    """The labels an [emotion] instruction lists: the run's vocabulary, in Emotion-LLaMA's order."""
+    vocab = tuple(vocab)
+    return tuple(lab for lab in EMOTION_LLAMA_LABELS if lab in vocab) + tuple(v for v in vocab if v not in EMOTION_LLAMA_LABELS)
 _REASON = (
     "Please analyze all the clues in the video and reason out the emotional label of the person in the video.",
     "What is the emotional state of the person in the video? Please tell me the reason.",
@@ -133,6 +140,16 @@ def eval_samples(df: pd.DataFrame, task: str, labels: tuple[str, ...] = EMOTION_
 
 
 _WORD = re.compile(r"[a-z]+(?:[-'][a-z]+)*")
+
+
+def lenient_label(answer: str, labels: tuple[str, ...] = LABELS, default: str = "neutral") -> str:
+    """Emotion-LLaMA's reading of an [emotion] answer (its MER2023 evaluation): the last space-separated
+    token of the answer, lower-cased, when it is one of `labels`, else `default` ("neutral"); punctuation
+    is not stripped, so "happy." is read as the default, as there. Reported beside the strict parse only so
+    that figures can be set beside Emotion-LLaMA's published ones."""
+    tokens = str(answer).strip().split(" ")
+    last = tokens[-1].lower() if tokens else ""
+    return last if last in labels else default
 
 
 def parse_label(answer: str, labels: tuple[str, ...] = LABELS) -> str | None:

@@ -3,7 +3,8 @@
 - MER2023 / MER2024 discrete: weighted F1 (the official metric: sklearn's `f1_score(average="weighted")`),
   macro F1, accuracy, per-class precision/recall/F1, the confusion matrix; valence MSE and MER2023's
   combined score `weighted F1 - 0.25 * MSE` when valence is predicted. A prediction outside the label
-  set is wrong and counted in `invalid`.
+  set is wrong and counted in `invalid` (split into `unparseable` answers and labels `outside_label_set`,
+  e.g. MERR's `doubt` on MER2023, which is scored on its six labels).
 - MER2024-OV: labels lower-cased and mapped to synonym groups; per sample `accuracy = |gt & pred| / |pred|`
   and `recall = |gt & pred| / |gt|` (both 0 when pred is empty), averaged; `avg` is their mean.
 - EMER (official judge: ChatGPT; these are offline proxies, named as such): `label_overlap_proxy` from
@@ -61,7 +62,9 @@ def discrete_scores(gold: Sequence[str], pred: Sequence[str | None], labels: Seq
         "weighted_f1": float(f1_score(gold, yp, labels=labels, average="weighted", zero_division=0)),
         "macro_f1": float(f1_score(gold, yp, labels=present, average="macro", zero_division=0)),
         "accuracy": float(accuracy_score(gold, yp)),
-        "invalid": int(sum(p == INVALID for p in yp)),
+        "invalid": int(sum(p == INVALID for p in yp)),  # = unparseable + outside_label_set
+        "unparseable": int(sum(p is None for p in pred)),
+        "outside_label_set": int(sum(p is not None and p not in labels for p in pred)),
         "chance_accuracy": 1.0 / len(labels),
         "majority_class_accuracy": max(list(gold).count(lab) for lab in present) / len(gold),
         "per_class": {lab: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),

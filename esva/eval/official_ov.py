@@ -13,10 +13,22 @@ then, per sample with a grouping file:
 
 Samples without a grouping file are not scored (as officially); they are counted. Point
 `evaluate.grouping` at such a folder to score this way; a file there is the offline/user grouping.
+
+`write_groupings` is the producing side (official: MERTools commit 89120b780ab18b28349f0e37dcc12b8cc253cb02,
+`MER2024/main-ov.py` `generate_openset_synonym_mer2024` and `MER2024/toolkit/utils/chatgpt.py`
+`get_openset_synonym`): per sample, the lower-cased gold and predicted labels are merged into one set,
+and an LLM (officially gpt-3.5-turbo-16k-0613, temperature 0) is asked, as an emotion expert, to group
+them into lists of same-meaning emotions, output as a list of lists, with one worked example; the reply
+(stripped of a leading "Output:"-style label and of line breaks) is saved as `<name>.npy`. Here the
+prompt is our own paraphrase; the set is sorted (the official order is Python's set order) so the
+request is reproducible; a file that exists is kept (resumable), files are written atomically, and a
+failed call or a reply with no list writes nothing (officially an empty reply would be saved) so that
+a rerun asks again. `esva evaluate` calls it when `evaluate.ov_grouping_llm` is configured.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
+from esva.eval.chat import EndpointError, Messages, Post, endpoint_of, user
 from esva.eval.synonyms import GroupingError
 
 _LIST = re.compile(r"\[([^\[\]]*)\]")
@@ -93,3 +106,61 @@ def official_ov_scores(names: Sequence[str], gold: Sequence[Sequence[str]], pred
     return {"n": len(acc), "accuracy": a, "recall": r, "avg": (a + r) / 2, "grouping": grouping.name,
             "empty_predictions": empty, "not_scored_no_grouping": len(missing),
             "scoring": "official MER2024-OV rule on the official per-sample groupings"}
+
+
+GROUPING_PROMPT = (
+    "Act as an expert on emotions. Below is a set of emotion words. Group them so that each group holds "
+    "words with the same meaning, and output only the result, as a list of lists.\n"
+    "Input: ['Agree', 'agreement', 'Relaxed', 'acceptance', 'pleasant', 'relaxed', 'Accept', 'positive', 'Happy'] "
+    "Output: [['Agree', 'agreement', 'Accept', 'acceptance'], ['Relaxed', 'relaxed'], ['pleasant', 'positive', 'Happy']]\n"
+    "Input: {labels} Output:"
+)
+_LABEL_LEAD = re.compile(r"^\s*(?:output|input|输出|输入)?\s*[:：]?\s*", re.I)
+
+
+def grouping_messages(gold: Sequence[str], pred: Sequence[str]) -> Messages:
+    """The request for one sample: the union of its lower-cased gold and predicted labels (sorted)."""
+    merged = sorted({w.strip().lower() for w in [*gold, *pred] if w.strip()})
+    return user(GROUPING_PROMPT.format(labels=repr(merged)))
+
+
+def clean_reply(text: str) -> str:
+    """The reply as the official code stores it: a leading "Output:"-style label and line breaks removed."""
+    return _LABEL_LEAD.sub("", text.strip(), count=1).replace("\n", "").strip()
+
+
+def write_groupings(names: Sequence[str], gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]],
+                    out: str | Path, post: Post) -> dict:
+    """Ask `post` for each sample's synonym grouping and write `out/<name>.npy` (a 0-d unicode array, what
+    `load_official` reads). A name whose file exists is skipped. Every sample is tried; if any failed
+    (endpoint error, or a reply with no list), a `GroupingError` lists them after the others are written,
+    and a rerun resumes with just those."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = skipped = 0
+    failed: list[str] = []
+    for name, g, p in zip(names, gold, pred):
+        name = str(name)
+        if not name or name.startswith(".") or "/" in name or "\\" in name:
+            raise GroupingError(f"sample name {name!r} cannot be a grouping file name")
+        dest = out / f"{name}.npy"
+        if dest.exists():
+            skipped += 1
+            continue
+        try:
+            reply = clean_reply(post(grouping_messages(g, p)))
+        except EndpointError as exc:
+            failed.append(f"{name}: {exc}")
+            continue
+        if not parse_groups(reply):
+            failed.append(f"{name}: {endpoint_of(post)} replied with no list of lists: {reply[:200]!r}")
+            continue
+        tmp = dest.with_name(dest.name + ".tmp")
+        with tmp.open("wb") as fh:
+            np.save(fh, np.array(reply))
+        os.replace(tmp, dest)
+        written += 1
+    if failed:
+        raise GroupingError(f"{len(failed)} of {len(names)} samples got no grouping (kept {written} new files in "
+                            f"{out}; rerun to resume): " + "; ".join(failed[:3]))
+    return {"written": written, "skipped_existing": skipped, "folder": str(out)}

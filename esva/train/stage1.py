@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
 
-from esva import LABELS
+from esva import ALL_LABELS, LABELS, label_set_of, vocabulary
 from esva.losses import supervised_contrastive, total_loss
 from esva.data.manifest import corpus_of
 from esva.data.roles import roles_of, stage_split
@@ -46,6 +46,7 @@ class Clip:
     split: str
     offset_ms: float | None
     feats: Mapping[str, np.ndarray]  # a dict, or StoreFeatures streaming from the stores
+    gold: str | None = None  # the label's name (also where it is outside the run's vocabulary: label -2)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class FeatureData:
     corpus: str
     skipped: dict[str, str] = field(default_factory=dict)
     cache: ByteLRU | None = None  # the stores' read cache, when the features are streamed
+    labels: tuple[str, ...] = LABELS  # the run's classes, in index order (esva.vocabulary of its training rows)
 
     def split(self, name: str) -> list[Clip]:
         return [c for c in self.clips if c.split == name]
@@ -63,12 +65,15 @@ class FeatureData:
 
 def load_features(manifest: pd.DataFrame, stores: dict[str, Path], use: tuple[str, ...],
                   labelled_only: bool = True, cache_mb: int = 512,
-                  extra: dict[str, tuple[str, str]] | None = None) -> FeatureData:
+                  extra: dict[str, tuple[str, str]] | None = None,
+                  labels: tuple[str, ...] | None = None) -> FeatureData:
     """Every labelled clip present in all the used stores; frame-level fields for hubert/mae/videomae
     (streamed from the stores through a cache of `cache_mb` MiB shared by all clips), the utterance vector
     for eva and text (read in one pass). With labelled_only=False, unlabelled clips come too (label -1).
     `extra` adds named fields of a used store, {name: (store, field)}: a field ending in `_utt` is held, any
-    other is streamed (stage 2's EVA tokens: {"eva_patches": ("eva", "patches"), "eva_cls": ("eva", "cls_utt")})."""
+    other is streamed (stage 2's EVA tokens: {"eva_patches": ("eva", "patches"), "eva_cls": ("eva", "cls_utt")}).
+    The classes are `labels` (a trained model's), else the vocabulary of the manifest's training rows; a
+    gold label outside them (a class the run never saw) is kept by name and scored as wrong (label -2)."""
     readers = {}
     for name in use:
         path = Path(stores[name])
@@ -94,10 +99,16 @@ def load_features(manifest: pd.DataFrame, stores: dict[str, Path], use: tuple[st
     utt = {n: readers[n].read_all(fields[n]) for n in fields if n not in frame_level}
     cache = ByteLRU(cache_mb << 20)
     clips, skipped = [], {}
-    lab_index = {lab: i for i, lab in enumerate(LABELS)}
     has_offset = "offset_ms" in manifest.columns
     # train / val / test (the MER evaluation rows) from each row's role; other roles are not read here
     splits = [stage_split(r) for r in roles_of(manifest)]
+    if labels is None:
+        try:
+            labels = vocabulary(lab for lab, s in zip(manifest["label"], splits) if s == "train")
+        except ValueError as exc:
+            raise TrainError(f"manifest: {exc}") from None
+    labels = tuple(labels)
+    lab_index = {lab: i for i, lab in enumerate(labels)}
     for row, split in zip(manifest.itertuples(index=False), splits):
         if split is None:
             continue
@@ -113,8 +124,9 @@ def load_features(manifest: pd.DataFrame, stores: dict[str, Path], use: tuple[st
         feats = StoreFeatures(cid, readers, fields, frame_level,
                               {n: utt[n][cid].astype(np.float32).reshape(-1) for n in utt}, cache)
         off = float(row.offset_ms) if has_offset and row.offset_ms is not None and not pd.isna(row.offset_ms) else None
-        clips.append(Clip(cid, -1 if unlabelled else lab_index[row.label], split, off, feats))
-    return FeatureData(clips, dims, rates, corpus_of(manifest["dataset"]), skipped, cache)
+        idx = -1 if unlabelled else lab_index.get(row.label, -2)
+        clips.append(Clip(cid, idx, split, off, feats, None if unlabelled else str(row.label)))
+    return FeatureData(clips, dims, rates, corpus_of(manifest["dataset"]), skipped, cache, labels)
 
 
 def check_config(data: FeatureData, use, msfe_cfg, align_cfg) -> None:
@@ -123,9 +135,13 @@ def check_config(data: FeatureData, use, msfe_cfg, align_cfg) -> None:
     if not train:
         raise TrainError("the training split is empty (no clip with split 'train' has features and a label)")
     present = {c.label for c in train}
-    for i, lab in enumerate(LABELS):
+    for i, lab in enumerate(data.labels):
         if i not in present:
             raise TrainError(f"class {lab!r} has no clip in the training split")
+    if not data.split("val"):
+        raise TrainError("the validation split is empty: epochs are chosen on validation clips only, never on "
+                         "training or test ones; list validation splits in data.val, or set data.val: [] and "
+                         "data.val_fraction > 0 to carve a share of the training rows")
     if "hubert" in use and msfe_cfg.enabled:
         rf = receptive_field(msfe_cfg)
         shortest = min(length_of(c.feats, "hubert") for c in data.clips)
@@ -210,7 +226,8 @@ def predict(model: FusionClassifier, clips: list[Clip], use, batch_size: int, de
         if "align" in out:
             taus.append(out["align"]["tau_star"].float().cpu())
         ids += [c.clip_id for c in part]
-    res = {"clip_ids": ids, "probs": torch.cat(probs).numpy() if probs else np.zeros((0, len(LABELS)))}
+    n_classes = model.head[-1].out_features
+    res = {"clip_ids": ids, "probs": torch.cat(probs).numpy() if probs else np.zeros((0, n_classes))}
     if aprobs:
         res["audio_probs"] = torch.cat(aprobs).numpy()
     if vprobs:
@@ -220,14 +237,21 @@ def predict(model: FusionClassifier, clips: list[Clip], use, batch_size: int, de
     return res
 
 
-def scores(clips: list[Clip], pred: dict) -> dict | None:
+def scores(clips: list[Clip], pred: dict, labels: tuple[str, ...] = LABELS) -> dict | None:
+    """Weighted and macro F1 and accuracy of the argmax over the run's classes `labels`, on the label set
+    of the clips' gold labels (esva.label_set_of: MER2023's six where they suffice). A predicted class
+    outside that set is wrong, and counted in `outside_label_set`."""
     if not clips:
         return None
-    y = np.array([c.label for c in clips])
-    yhat = pred["probs"].argmax(-1)
-    return {"weighted_f1": float(f1_score(y, yhat, average="weighted", labels=range(len(LABELS)), zero_division=0)),
-            "macro_f1": float(f1_score(y, yhat, average="macro", labels=range(len(LABELS)), zero_division=0)),
-            "accuracy": float(accuracy_score(y, yhat)), "n": int(len(y))}
+    gold = [c.gold if c.gold is not None else labels[c.label] for c in clips]
+    yhat = [labels[i] for i in pred["probs"].argmax(-1)]
+    scored = list(label_set_of(gold))
+    present = [lab for lab in scored if lab in set(gold)]
+    out = [p if p in scored else "<outside>" for p in yhat]
+    return {"weighted_f1": float(f1_score(gold, out, average="weighted", labels=scored, zero_division=0)),
+            "macro_f1": float(f1_score(gold, out, average="macro", labels=present, zero_division=0)),
+            "accuracy": float(accuracy_score(gold, out)), "n": int(len(gold)), "label_set": scored,
+            "outside_label_set": int(sum(p == "<outside>" for p in out))}
 
 
 def alignment_scores(clips: list[Clip], pred: dict, rate: float, fps: float) -> dict | None:
@@ -251,7 +275,7 @@ def _validate(model: FusionClassifier, clips: list[Clip], use, batch_size: int, 
         probs.append(out["logits"].float().softmax(-1).cpu())
         if loss is not None:
             losses.append(loss.item())
-    val = scores(clips, {"probs": torch.cat(probs).numpy()}) or {"weighted_f1": 0.0, "accuracy": 0.0}
+    val = scores(clips, {"probs": torch.cat(probs).numpy()}, model.labels) or {"weighted_f1": 0.0, "accuracy": 0.0}
     return val, float(np.mean(losses)) if losses else float("nan")
 
 
@@ -279,11 +303,12 @@ def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align
     # mixed precision is our autocast (esva.precision), never accelerate's process-wide state, so stages
     # of different precision can run in one process
     accel = Accelerator(cpu=device == "cpu", mixed_precision="no")
-    model = FusionClassifier(data.dims, data.rates, use, len(LABELS), msfe_cfg, align_cfg, train_cfg)
+    model = FusionClassifier(data.dims, data.rates, use, len(data.labels), msfe_cfg, align_cfg, train_cfg)
+    model.labels = data.labels
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     model, opt = accel.prepare(model, opt)
     cfgs = (msfe_cfg, contrast_cfg, align_cfg, train_cfg)
-    tr, va = data.split("train"), data.split("val") or data.split("train")
+    tr, va = data.split("train"), data.split("val")
     gen = torch.Generator().manual_seed(train_cfg.seed)
     best, best_state, best_epoch, bad, history, step = -1.0, None, 0, 0, [], 0
     stopped = False
@@ -378,11 +403,13 @@ def load_stage1(model_dir: Path) -> tuple[FusionClassifier, dict]:
             raise TrainError(f"{f} not found: {model_dir} is not a stage-1 model folder (run `esva train`)")
     with cfg_path.open("r", encoding="utf-8") as fh:
         cfg = json.load(fh)
-    if list(cfg.get("labels", [])) != list(LABELS):
-        raise TrainError(f"{cfg_path}: labels {cfg.get('labels')} differ from this code's {list(LABELS)}")
-    model = FusionClassifier(cfg["dims"], cfg["rates"], tuple(cfg["use"]), len(LABELS),
+    labels = tuple(cfg.get("labels") or ())
+    if not labels or not set(labels) <= set(ALL_LABELS):
+        raise TrainError(f"{cfg_path}: labels {cfg.get('labels')!r} are not a list of supported labels {list(ALL_LABELS)}")
+    model = FusionClassifier(cfg["dims"], cfg["rates"], tuple(cfg["use"]), len(labels),
                              MsfeConfig.model_validate(cfg["msfe"]), AlignConfig.model_validate(cfg["align"]),
                              TrainConfig.model_validate(cfg["train"]))
     model.load_state_dict(load_file(str(weights)))
+    model.labels = labels
     model.eval()
     return model, cfg

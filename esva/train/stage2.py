@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from esva.config import TEXT_LIMITS
-from esva.data.instructions import Instruction, eval_samples, instruction_text, parse_label, training_samples
+from esva.data.instructions import (Instruction, eval_samples, instruction_labels, instruction_text, parse_label,
+                                    training_samples)
 from esva.eval.metrics import discrete_scores
 from esva.encoders.base import checkpoint_identity
 from esva.precision import autocast, resolve_device, weights_dtype
@@ -311,8 +312,8 @@ class TuneResult:
     val_answers: list[dict]  # the best epoch's greedy answers on the validation split (emotion task)
 
 
-def _val_samples(df: pd.DataFrame) -> list[Instruction]:
-    return eval_samples(df, "emotion") + [s for s in eval_samples(df, "reason") if s.target]
+def _val_samples(df: pd.DataFrame, labels: tuple[str, ...]) -> list[Instruction]:
+    return eval_samples(df, "emotion", labels) + [s for s in eval_samples(df, "reason", labels) if s.target]
 
 
 def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cfg, quantize: str = "none",
@@ -327,8 +328,15 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
     val_df = df[df["clip_id"].isin([c.clip_id for c in data.split("val")])]
     if train_df.empty:
         raise TrainError("stage 2: the training split is empty (no clip with split 'train' has features)")
-    if val_df.empty:
-        val_df = train_df
+    if val_df.empty:  # never choose the epoch on training (or test) clips
+        raise TrainError("stage 2: the validation split is empty (no clip with role 'val' has features); list "
+                         "validation splits in data.val, or set data.val: [] and data.val_fraction > 0")
+    vocab = tuple(data.labels)
+    s1_labels = tuple(json.loads((Path(stage1_dir) / "config.json").read_text(encoding="utf-8")).get("labels") or ())
+    if s1_labels != vocab:
+        raise TrainError(f"stage 2: the stage-1 model in {stage1_dir} was trained on the labels {list(s1_labels)}, but "
+                         f"this manifest's training rows have {list(vocab)}: re-run `esva train` on this manifest")
+    listed = instruction_labels(vocab)
     device = resolve_device(cfg.device, "tune.device")
     # mixed precision is our autocast (esva.precision, Stage2.dtype), never accelerate's process-wide state
     accel = Accelerator(cpu=device == "cpu", mixed_precision="no", gradient_accumulation_steps=cfg.grad_accum)
@@ -340,8 +348,8 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, len(train_df)))
     m.llm, m.projector, opt = accel.prepare(m.llm, m.projector, opt)
     to_device(m, accel.device)  # stage 1, the batches and the cached streams follow the prepared models
-    val_samples = _val_samples(val_df)
-    val_emotion = eval_samples(val_df, "emotion")
+    val_samples = _val_samples(val_df, listed)
+    val_emotion = eval_samples(val_df, "emotion", listed)
     history, best, best_state, best_epoch, step, tokens, best_answers = [], None, None, 0, 0, 0, []
     start_epoch, start_i, losses, step_losses = 1, 0, [], []
     saved = resume.load() if resume is not None else None
@@ -374,7 +382,7 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
         m.llm.train()
         m.projector.train()
         m.stage1.train(cfg.train_stage1)
-        samples = training_samples(train_df, cfg.tasks, cfg.seed, epoch)
+        samples = training_samples(train_df, cfg.tasks, cfg.seed, epoch, listed)
         if epoch != start_epoch or saved is None:
             losses = []
         for i in range(start_i if epoch == start_epoch else 0, len(samples), cfg.batch_size):
@@ -404,7 +412,8 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
         val_loss = _mean_loss(m, by_id, val_samples, cfg.eval_batch_size)
         answers = m.generate([by_id[s.clip_id] for s in val_emotion], val_emotion, cfg.eval_batch_size,
                              ANSWER_TOKENS["emotion"])
-        val = discrete_scores([s.target for s in val_emotion], [parse_label(a) for a in answers])
+        gold = [s.target for s in val_emotion]  # a validation label outside the vocabulary is scored, as wrong
+        val = discrete_scores(gold, [parse_label(a, vocab) for a in answers], vocab + tuple(sorted(set(gold) - set(vocab))))
         rec = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
                "val_accuracy": val["accuracy"], "val_unparseable_share": val["invalid"] / val["n"]}
         history.append(rec)

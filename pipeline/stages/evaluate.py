@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from esva import LABELS, __version__
+from esva import ALL_LABELS, LABELS, __version__, label_set_of
 from esva.config import EvalSplit, Params
-from esva.data.instructions import eval_samples, parse_label, parse_ov
+from esva.data.instructions import eval_samples, instruction_labels, lenient_label, parse_label, parse_ov
 from esva.data.manifest import corpus_of, read_manifest
 from esva.eval.metrics import EvalError, clue_overlap_proxy, discrete_scores, label_overlap_proxy, match_ids, ov_scores
 from esva.eval.official_ov import PerSampleGrouping, load_official, official_ov_scores
@@ -53,10 +53,17 @@ def score(role: str, preds: pd.DataFrame, gold: pd.DataFrame, grouping, embed=No
     match_ids(preds["clip_id"], gold["clip_id"], f"evaluate.{role}")
     p = preds.set_index("clip_id").loc[list(gold["clip_id"])]
     answers = [str(a) for a in p["answer"]]
-    if role == "mer":
+    if role == "mer":  # the official rule: scored on the split's own label set (MER2023: six); any other answer is wrong
         vp = p["valence"].tolist() if "valence" in p.columns else None
-        return discrete_scores(list(gold["label"]), [parse_label(a) for a in answers], LABELS,
-                               list(gold["valence"]) if vp is not None else None, vp)
+        labels = label_set_of(gold["label"])
+        res = discrete_scores(list(gold["label"]), [parse_label(a, ALL_LABELS) for a in answers], labels,
+                              list(gold["valence"]) if vp is not None else None, vp)
+        lenient = discrete_scores(list(gold["label"]), [lenient_label(a, labels) for a in answers], labels)
+        res["emotion_llama_lenient"] = {
+            "rule": "Emotion-LLaMA's parse: the answer's last space-separated token if it is a label, else neutral "
+                    "(for comparison with its published figures; the strict parse above is esva's figure)",
+            **{k: lenient[k] for k in ("weighted_f1", "macro_f1", "accuracy", "n")}}
+        return res
     if role == "ov":
         if isinstance(grouping, PerSampleGrouping):  # the official per-sample groupings, keyed by the dataset's names
             return official_ov_scores(list(gold["name"]), [list(v) for v in gold["ov_labels"]],
@@ -80,13 +87,14 @@ def score(role: str, preds: pd.DataFrame, gold: pd.DataFrame, grouping, embed=No
         for ref, ans in zip(refs, answers):
             try:
                 scores.append(judge.score(ref, ans))
-            except JudgeError as exc:
+            except JudgeError as exc:  # counted, left out of the means; the run goes on
                 failed += 1
                 log.warning("judge: %s", exc)
-        if scores:
-            out["clue_overlap_judge"] = sum(s[0] for s in scores) / len(scores)
-            out["label_overlap_judge"] = sum(s[1] for s in scores) / len(scores)
-        out.update(judge_model=judge.model, judge_failed=failed)
+        if scores:  # EMER's two official scores, 1-10, each a mean over the judged samples
+            out["clue_overlap_judge"] = sum(s.clue for s in scores) / len(scores)
+            out["label_overlap_judge"] = sum(s.label for s in scores) / len(scores)
+        out.update(judge_model=judge.model, judge_procedure=judge.procedure, judge_scale="1-10",
+                   judge_n=len(scores), judge_failed=failed)
     return out
 
 
@@ -116,7 +124,7 @@ def run(p: Params, manifest: Path, features_dir: Path, model_dir: Path, lm_dir: 
     if cfg.judge.base_url and cfg.judge.model:
         from esva.eval.judge import Judge
 
-        judge = Judge(cfg.judge.base_url, cfg.judge.model, cfg.judge.api_key_env, cfg.judge.timeout_s)
+        judge = Judge.from_endpoint(cfg.judge.base_url, cfg.judge.model, cfg.judge.api_key_env, cfg.judge.timeout_s)
     gold = {r: split_rows(df, r, getattr(cfg, r)) for r in roles}
     embed = None
     if "emer" in roles:
@@ -134,6 +142,8 @@ def run(p: Params, manifest: Path, features_dir: Path, model_dir: Path, lm_dir: 
         predictions_dir.mkdir(parents=True, exist_ok=True)
         for role, frame in preds.items():
             frame.to_parquet(predictions_dir / f"{TASKS[role][1]}.parquet", index=False)
+    if "ov" in roles and cfg.ov_grouping_llm.base_url:  # write the official per-sample groupings, then score with them
+        grouping = llm_groupings(cfg.ov_grouping_llm, gold["ov"], preds["ov"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -163,6 +173,20 @@ def run(p: Params, manifest: Path, features_dir: Path, model_dir: Path, lm_dir: 
     return results
 
 
+def llm_groupings(llm, gold: pd.DataFrame, preds: pd.DataFrame) -> PerSampleGrouping:
+    """`evaluate.ov_grouping_llm`: the LLM's synonym grouping for each OV sample not yet in `llm.out`
+    (official MER2024-OV procedure), then that folder loaded as the grouping OV is scored with."""
+    from esva.eval.chat import chat_post
+    from esva.eval.official_ov import write_groupings
+
+    match_ids(preds["clip_id"], gold["clip_id"], "evaluate.ov")
+    answers = preds.set_index("clip_id").loc[list(gold["clip_id"]), "answer"]
+    done = write_groupings(list(gold["name"]), [list(v) for v in gold["ov_labels"]], [parse_ov(str(a)) for a in answers],
+                           llm.out, chat_post(llm.base_url, llm.model, llm.api_key_env, llm.timeout_s, max_tokens=1000))
+    log.info("ov grouping LLM: %d written, %d already in %s", done["written"], done["skipped_existing"], llm.out)
+    return load_official(llm.out)
+
+
 def generate(p: Params, df: pd.DataFrame, gold: dict[str, pd.DataFrame], features_dir: Path, model_dir: Path,
              lm_dir: Path) -> dict[str, pd.DataFrame]:
     m = load(model_dir, lm_dir, p.tune.device, cache_mb=p.tune.feature_cache_mb)
@@ -175,7 +199,7 @@ def generate(p: Params, df: pd.DataFrame, gold: dict[str, pd.DataFrame], feature
     out = {}
     for role, rows in gold.items():
         task = TASKS[role][0]
-        samples = eval_samples(rows, task, with_targets=False)
+        samples = eval_samples(rows, task, instruction_labels(m.config.get("labels") or LABELS), with_targets=False)
         lost = [s.clip_id for s in samples if s.clip_id not in by_id]
         if lost:
             raise EvalError(f"evaluate.{role}: {len(lost)} clips have no features ({lost[:10]}); run `dvc repro`")
@@ -185,9 +209,9 @@ def generate(p: Params, df: pd.DataFrame, gold: dict[str, pd.DataFrame], feature
                               "instruction": [s.instruction for s in samples], "answer": answers})
         frame.attrs["truncated_transcripts"] = m.stats["transcript_cut"]  # prompts cut to fit the context
         if task == "emotion":
-            frame["label"] = [parse_label(a) for a in answers]
+            frame["predicted_label"] = [parse_label(a, ALL_LABELS) for a in answers]  # the gold: the manifest's label
         elif task == "ov":
-            frame["ov_labels"] = [parse_ov(a) for a in answers]
+            frame["predicted_ov_labels"] = [parse_ov(a) for a in answers]
         out[role] = frame
     return out
 
@@ -203,15 +227,16 @@ def confusion_outputs(gold: pd.DataFrame, preds: pd.DataFrame, confusion: dict, 
 
     answers = preds.set_index("clip_id").loc[list(gold["clip_id"]), "answer"]
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"actual": list(gold["label"]), "predicted": [parse_label(str(a)) or "invalid" for a in answers]}).to_csv(
+    pd.DataFrame({"actual": list(gold["label"]), "predicted": [parse_label(str(a), ALL_LABELS) or "invalid" for a in answers]}).to_csv(
         out / "plots" / "confusion_mer2023.csv", index=False)
     mat, cols = np.array(confusion["matrix"]), list(confusion["columns"])
     if not mat[:, -1].any():  # no invalid answers: no empty column
         mat, cols = mat[:, :-1], cols[:-1]
-    fig, ax = plt.subplots(figsize=(1.1 * len(cols) + 2, 1.1 * len(LABELS) + 1.5))
+    rows = cols[: mat.shape[0]]  # the scored label set (the columns add "invalid")
+    fig, ax = plt.subplots(figsize=(1.1 * len(cols) + 2, 1.1 * len(rows) + 1.5))
     ax.imshow(mat, cmap="Blues")
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
-    ax.set_yticks(range(len(LABELS)), LABELS)
+    ax.set_yticks(range(len(rows)), rows)
     for i, j in np.ndindex(mat.shape):
         ax.text(j, i, str(mat[i, j]), ha="center", va="center", color="white" if mat[i, j] > mat.max() / 2 else "black")
     corpus = corpus_of(gold["dataset"])

@@ -12,9 +12,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from esva import LABELS
 from esva.config import ConfigError, Params
-from esva.data.instructions import Instruction, clip_phrasing, instruction_text, parse_label, parse_ov
+from esva.data.instructions import Instruction, clip_phrasing, instruction_labels, instruction_text, parse_label, parse_ov
 from esva.data.manifest import safe_id, to_frame, write_manifest
 from esva.models.projector import EXTRA, NEEDS
 from esva.train.stage1 import load_features
@@ -67,6 +66,7 @@ def run(p: Params, videos: list[Path], model_dir: Path, lm_dir: Path, encoders_d
     transcripts = transcripts or {}
     m = load(model_dir, lm_dir, p.tune.device, cache_mb=p.tune.feature_cache_mb)  # a missing or mismatched model is an error before any video is touched
     names = tuple(dict.fromkeys(tuple(m.stage1.use) + NEEDS))
+    labels = tuple(m.stage1.labels)  # the classes the models were trained on
     check_features(p, m.config.get("features", {}), names)
     results: list[dict] = []
     rows, seen = [], set()
@@ -106,7 +106,8 @@ def run(p: Params, videos: list[Path], model_dir: Path, lm_dir: Path, encoders_d
         for rep in reports:
             for sk in rep.skips:
                 problems.setdefault(sk["clip_id"], (rep.stage, sk["reason"], sk["detail"]))
-        data = load_features(df, {n: work / "features" / f"{n}.zarr" for n in names}, names, labelled_only=False, extra=EXTRA)
+        data = load_features(df, {n: work / "features" / f"{n}.zarr" for n in names}, names, labelled_only=False, extra=EXTRA,
+                             labels=labels)
         clips = data.clips
         answers: dict[str, dict[str, str]] = {c.clip_id: {} for c in clips}
         s1 = {}
@@ -115,7 +116,8 @@ def run(p: Params, videos: list[Path], model_dir: Path, lm_dir: Path, encoders_d
             s1 = stage1_predict(m.stage1, clips, m.stage1.use, p.evaluate.batch_size, m.device)
             said = dict(zip(df["clip_id"], df["transcript"]))
             for task in ("emotion", "reason", "ov"):
-                samples = [Instruction(c.clip_id, task, said[c.clip_id], instruction_text(task, clip_phrasing(c.clip_id)))
+                samples = [Instruction(c.clip_id, task, said[c.clip_id],
+                                       instruction_text(task, clip_phrasing(c.clip_id), instruction_labels(labels)))
                            for c in clips]
                 for c, a in zip(clips, m.generate(clips, samples, p.evaluate.batch_size, ANSWER_TOKENS.get(task))):
                     answers[c.clip_id][task] = a
@@ -131,15 +133,15 @@ def run(p: Params, videos: list[Path], model_dir: Path, lm_dir: Path, encoders_d
                 (f" [{stage}]" if stage else "")
             continue
         i, a = index[cid], answers[cid]
-        label = parse_label(a["emotion"])
+        label = parse_label(a["emotion"], labels)
         res.update({
             "label": label, "answer": a["emotion"], "parsed": label is not None,
             "explanation": a["reason"], "ov_labels": parse_ov(a["ov"]),
             "evidence": {
-                "stage1_label": LABELS[int(s1["probs"][i].argmax())],
-                "fused": _probs(s1["probs"][i]),
-                "audio_only": _probs(s1["audio_probs"][i]) if "audio_probs" in s1 else None,
-                "video_only": _probs(s1["video_probs"][i]) if "video_probs" in s1 else None,
+                "stage1_label": labels[int(s1["probs"][i].argmax())],
+                "fused": _probs(s1["probs"][i], labels),
+                "audio_only": _probs(s1["audio_probs"][i], labels) if "audio_probs" in s1 else None,
+                "video_only": _probs(s1["video_probs"][i], labels) if "video_probs" in s1 else None,
                 "offset_ms": round(float(s1["tau_frames"][i]) * 1000.0 / rate, 1) if "tau_frames" in s1 else None,
                 "offset_convention": "> 0: the video lags the audio",
             },
@@ -158,8 +160,8 @@ def _check_tiny_encoders(p: Params, names, encoders_dir: Path) -> None:
                               f"(run `dvc repro` or pass --encoders)")
 
 
-def _probs(p) -> dict[str, float]:
-    return {lab: round(float(x), 4) for lab, x in zip(LABELS, p)}
+def _probs(p, labels) -> dict[str, float]:
+    return {lab: round(float(x), 4) for lab, x in zip(labels, p)}
 
 
 def show(results: list[dict], console) -> None:
@@ -175,10 +177,11 @@ def show(results: list[dict], console) -> None:
         console.print(f"  explanation: {r['explanation']}", highlight=False)
         if r["ov_labels"]:
             console.print(f"  open-vocabulary: {', '.join(r['ov_labels'])}", highlight=False)
-        t = Table("evidence", *LABELS, show_edge=False)
+        labels = list(ev["fused"])  # the model's classes
+        t = Table("evidence", *labels, show_edge=False)
         for name in ("fused", "audio_only", "video_only"):
             if ev.get(name):
-                t.add_row(name.replace("_", "-"), *[f"{ev[name][lab]:.2f}" for lab in LABELS])
+                t.add_row(name.replace("_", "-"), *[f"{ev[name][lab]:.2f}" for lab in labels])
         console.print(t)
         if ev.get("offset_ms") is not None:
             console.print(f"  audio-video offset: {ev['offset_ms']:+.0f} ms ({ev['offset_convention']})", highlight=False)

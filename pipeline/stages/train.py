@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import save_file
 
-from esva import LABELS, __version__
+from esva import __version__
 from esva.config import ConfigError, Params, apply_overrides, config_hash, restrict
 from esva.data.manifest import read_manifest
 from esva.precision import precision_record, resolve_device, resolve_dtype
@@ -75,7 +75,7 @@ def run(p: Params, manifest: Path, features_dir: Path, out: Path, metrics_dir: P
                           f"{list(data.skipped.items())[:5]}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    resolved = {"variant": variant, "use": list(use), "labels": list(LABELS), "dims": data.dims, "rates": data.rates,
+    resolved = {"variant": variant, "use": list(use), "labels": list(data.labels), "dims": data.dims, "rates": data.rates,
                 "features": {"use": list(use)}, "msfe": p.msfe.model_dump(mode="json"),
                 "contrast": p.contrast.model_dump(mode="json"), "align": p.align.model_dump(mode="json"),
                 "train": p.train.model_dump(mode="json"), "code_version": __version__, "corpus": data.corpus,
@@ -111,12 +111,13 @@ def run(p: Params, manifest: Path, features_dir: Path, out: Path, metrics_dir: P
     checkpoint(result.model, result.best_epoch)
     test = data.split("test")
     pred = predict(result.model, test, use, p.train.batch_size, dtype=result.dtype)  # on the model's device
-    test_scores = scores(test, pred)
+    test_scores = scores(test, pred, data.labels)
     val_scores = scores(data.split("val"), predict(result.model, data.split("val"), use, p.train.batch_size,
-                                                   dtype=result.dtype))
+                                                   dtype=result.dtype), data.labels)
     align = alignment_scores(test, pred, p.align.rate, fps=p.align.rate)
     summary = {
         "corpus": data.corpus, "split": "test", "variant": variant or "main", "features_use": list(use),
+        "labels": list(data.labels),  # the classes (the training rows' vocabulary); test scored on its own label set
         # effective switches: MSFE needs hubert, alignment needs hubert and align.video in features.use
         "msfe": result.model.msfe is not None and result.model.msfe.enabled,
         "align": result.model.aligner is not None, "test": test_scores, "val": val_scores,

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from esva import LABELS, __version__
+from esva import __version__
 from esva.config import ENCODERS, ConfigError, Params, config_hash
 from esva.data.manifest import read_manifest
 from esva.encoders.base import checkpoint_identity
@@ -18,6 +18,7 @@ from esva.provenance import atomic_write_json, atomic_write_text
 from esva.store import open as open_store
 from esva.store.ragged import INDEX
 from esva.train.resume import Checkpointer, file_key, resume_path
+from esva.data.instructions import instruction_labels
 from esva.train.stage1 import load_features
 from esva.train.stage2 import save, tune
 from pipeline.common import log
@@ -40,7 +41,7 @@ def run(p: Params, manifest: Path, features_dir: Path, stage1_dir: Path, lm_dir:
     source, revision, _ = resolve_base(lm_dir)
     device = resolve_device(cfg.device, "tune.device")
     out = Path(out)
-    resolved = {"tune": cfg.model_dump(mode="json"), "labels": list(LABELS),
+    resolved = {"tune": cfg.model_dump(mode="json"), "labels": list(data.labels),
                 "base": {"checkpoint": source, "revision": revision, "identity": checkpoint_identity(source, revision)},
                 "stage1": str(stage1_dir), "corpus": data.corpus, "code_version": __version__,
                 "precision": {**precision_record(cfg.dtype, device, weights_dtype(cfg.dtype, device)),
@@ -92,6 +93,7 @@ def run(p: Params, manifest: Path, features_dir: Path, stage1_dir: Path, lm_dir:
     summary = {
         "corpus": data.corpus, "split": "val",
         "note": "synthetic corpus: not a result on MER2023 or any real benchmark" if data.corpus == "synthetic" else None,
+        "labels": list(data.labels), "instruction_lists": list(instruction_labels(data.labels)),
         "base": resolved["base"]["checkpoint"], "layout": cfg.layout, "tokens": {"video": m.projector.n_video,
                                                                                "feature": m.projector.n_feature},
         "init_from": m.init_report or None,

@@ -4,6 +4,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from esva import LABELS
 from esva.data.adapters import AdapterError, run_adapter
 from esva.data.manifest import COLUMNS, read_manifest, safe_id, to_frame, write_manifest
 from tests.conftest import FIXTURES
@@ -56,12 +57,16 @@ def test_mer2024_discrete_and_open_vocabulary(tmp_path):
 def test_merr_annotations_and_captions(tmp_path):
     res = run_adapter("merr", _dataset(tmp_path, "merr"))
     df = to_frame(res.rows).set_index("clip_id")
-    assert sorted(df.index) == ["sample_00000010", "sample_00000012"]
+    assert sorted(df.index) == ["sample_00000010", "sample_00000011", "sample_00000012"]
+    assert df.loc["sample_00000011", "label"] == "fear"  # MERR's nine labels (Emotion-LLaMA's), not MER's six
     assert df.loc["sample_00000010", "reason"].startswith("The person smiles")  # fine wins over coarse
     assert df.loc["sample_00000012", "reason"] == "coarse caption for 12"
     assert df.loc["sample_00000012", "label"] == "worried" and df.loc["sample_00000012", "valence"] == 1.5
     probs = _problems(res)
-    assert "unknown label 'fear'" in probs[("sample_00000011", 2)]
+    assert "unknown label 'furious'" in probs[("sample_00000014", 5)] and "doubt" in probs[("sample_00000014", 5)]
+    # the same row through MER's six-label set is refused: fear is not a MER2023 label
+    six = run_adapter("merr", tmp_path / "merr", labels=LABELS)
+    assert "unknown label 'fear'" in _problems(six)[("sample_00000011", 2)]
     assert "expected `name frames label" in probs[("sample_00000013", 4)]
 
 

@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from esva.eval.judge import JudgeError, parse_scores
 from esva.eval.metrics import (EvalError, clue_overlap_proxy, discrete_scores, label_overlap_proxy, match_ids,
                                ov_scores)
 from esva.eval.synonyms import GroupingError, emotion_words, load_grouping, offline
@@ -102,11 +101,3 @@ def test_emer_proxies_by_hand():
     vecs = {"a": [1.0, 0.0], "b": [1.0, 1.0], "c": [-1.0, 0.0]}
     res = clue_overlap_proxy(["a", "a", "a"], ["a", "b", "c"], lambda xs: [vecs[x] for x in xs])
     assert res["per_sample"] == pytest.approx([10.0, 10 / 2 ** 0.5, 0.0])
-
-
-def test_judge_reply_parsing():
-    assert parse_scores('Sure: ```json\n{"clue_overlap": 7.5, "label_overlap": 11}\n```') == (7.5, 10.0)
-    with pytest.raises(JudgeError):
-        parse_scores("I cannot score this.")
-    with pytest.raises(JudgeError):
-        parse_scores('{"clue": 3}')

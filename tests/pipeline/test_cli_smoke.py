@@ -45,6 +45,15 @@ def chain(tmp_path_factory):
         "synth": esva("synth", "--params", p, *small, "--out", str(d / "raw"), "--metrics", str(d / "m")),
         "ingest": esva("ingest", "--params", p, "--dataset", "synthetic", "--root", str(d / "raw"), "--out",
                        str(d / "manifest.parquet"), "--metrics", str(d / "m")),
+    }
+    # one clip validates (the stages choose epochs on validation clips only; six clips, one per label, leave
+    # nothing for ingest's stratified carving, so the role is set here as params would set it)
+    from esva.data.manifest import read_manifest, write_manifest
+
+    df = read_manifest(d / "manifest.parquet")
+    df.loc[df.index[0], "role"] = "val"
+    write_manifest(df, d / "manifest.parquet")
+    results |= {
         "decode": esva("decode", "--params", p, "--manifest", str(d / "manifest.parquet"), "--out",
                        str(d / "decoded.zarr"), "--metrics", str(d / "m")),
         "crop": esva("crop", "--params", p, "--decoded", str(d / "decoded.zarr"), "--out", str(d / "faces.zarr"),
@@ -178,7 +187,8 @@ def test_train_and_an_ablation_through_the_cli(chain):
     res = esva("train", "--out", str(d / "stage1"), *common)
     assert res.exit_code == 0, res.output
     summary = json.loads((d / "m" / "train.json").read_text())
-    assert summary["corpus"] == "synthetic" and summary["clips"]["train"] == 6
+    assert summary["corpus"] == "synthetic" and summary["clips"]["train"] == 5 and summary["clips"]["val"] == 1
+    assert len(summary["labels"]) == 5  # the training rows' vocabulary: the validation clip's label is not in it
     assert json.loads((d / "m" / "alignment.json").read_text())["corpus"] == "synthetic"
     assert (d / "stage1" / "model.safetensors").exists()
     cfg = json.loads((d / "stage1" / "config.json").read_text())
@@ -212,7 +222,8 @@ def test_lm_tune_and_predict_on_good_and_bad_files(chain, tmp_path):
                "--stage1", str(d / "stage1"), "--llm", str(d / "llm"), "--metrics", str(d / "m"))
     assert res.exit_code == 0, res.output
     summary = json.loads((d / "m" / "tune.json").read_text())
-    assert summary["corpus"] == "synthetic" and summary["clips"]["train"] == 6
+    assert summary["corpus"] == "synthetic" and summary["clips"]["train"] == 5 and summary["clips"]["val"] == 1
+    assert len(summary["labels"]) == 5  # the training rows' vocabulary: the validation clip's label is not in it
     assert {"adapter_config.json", "adapter_model.safetensors", "projector.safetensors"} <= \
         {f.name for f in (d / "stage2").iterdir()}
 
@@ -233,7 +244,7 @@ def test_lm_tune_and_predict_on_good_and_bad_files(chain, tmp_path):
     import pandas as pd
 
     preds = pd.read_parquet(d / "pred" / "mer2023.parquet")
-    assert len(preds) == 6 and {"clip_id", "answer", "label"} <= set(preds.columns)
+    assert len(preds) == 6 and {"clip_id", "answer", "predicted_label"} <= set(preds.columns)
     res = esva("evaluate", *p, *ev, "--out", str(d / "m2"))  # the default test split is empty here
     assert res.exit_code == 2 and "split synthetic:test is empty" in res.output, res.output
     preds.iloc[1:].assign(clip_id=lambda f: f["clip_id"].where(f.index != 2, "nope")).to_csv(d / "bad.csv", index=False)
