@@ -129,6 +129,13 @@ def load_features(manifest: pd.DataFrame, stores: dict[str, Path], use: tuple[st
     return FeatureData(clips, dims, rates, corpus_of(manifest["dataset"]), skipped, cache, labels)
 
 
+def scored_on(df: pd.DataFrame, data: FeatureData) -> dict[str, list[str]]:
+    """{train|val|test: the manifest's `source:split` pairs whose clips that split of the run holds}."""
+    where = dict(zip(df["clip_id"], df["source"].astype(str) + ":" + df["split"].astype(str))) \
+        if "source" in df.columns else dict(zip(df["clip_id"], df["split"].astype(str)))
+    return {s: sorted({where[c.clip_id] for c in data.split(s) if c.clip_id in where}) for s in ("train", "val", "test")}
+
+
 def check_config(data: FeatureData, use, msfe_cfg, align_cfg) -> None:
     """Sizes that do not fit together are errors naming both keys, before any step."""
     train = data.split("train")

@@ -17,7 +17,7 @@ from esva.precision import precision_record, resolve_device, resolve_dtype
 from esva.provenance import atomic_write_json, atomic_write_text
 from esva.store.ragged import INDEX
 from esva.train.resume import Checkpointer, file_key, resume_path
-from esva.train.stage1 import alignment_scores, load_features, predict, scores, train
+from esva.train.stage1 import alignment_scores, load_features, predict, scored_on, scores, train
 from pipeline.common import log
 
 PARAMS = ("features.use", "msfe", "contrast", "align", "train")  # the params keys this stage reads (pipeline/deps.py)
@@ -118,6 +118,7 @@ def run(p: Params, manifest: Path, features_dir: Path, out: Path, metrics_dir: P
     summary = {
         "corpus": data.corpus, "split": "test", "variant": variant or "main", "features_use": list(use),
         "labels": list(data.labels),  # the classes (the training rows' vocabulary); test scored on its own label set
+        "scored_on": scored_on(df, data),  # the source:split pairs behind each of train / val / test
         # effective switches: MSFE needs hubert, alignment needs hubert and align.video in features.use
         "msfe": result.model.msfe is not None and result.model.msfe.enabled,
         "align": result.model.aligner is not None, "test": test_scores, "val": val_scores,

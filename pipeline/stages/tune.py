@@ -19,7 +19,7 @@ from esva.store import open as open_store
 from esva.store.ragged import INDEX
 from esva.train.resume import Checkpointer, file_key, resume_path
 from esva.data.instructions import instruction_labels
-from esva.train.stage1 import load_features
+from esva.train.stage1 import load_features, scored_on
 from esva.train.stage2 import save, tune
 from pipeline.common import log
 from pipeline.stages.extract import output_params
@@ -91,7 +91,7 @@ def run(p: Params, manifest: Path, features_dir: Path, stage1_dir: Path, lm_dir:
                       "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in res.val_answers))
     best = res.history[res.best_epoch - 1]
     summary = {
-        "corpus": data.corpus, "split": "val",
+        "corpus": data.corpus, "split": "val", "scored_on": scored_on(df, data),
         "note": "synthetic corpus: not a result on MER2023 or any real benchmark" if data.corpus == "synthetic" else None,
         "labels": list(data.labels), "instruction_lists": list(instruction_labels(data.labels)),
         "base": resolved["base"]["checkpoint"], "layout": cfg.layout, "tokens": {"video": m.projector.n_video,

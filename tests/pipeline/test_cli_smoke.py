@@ -189,6 +189,7 @@ def test_train_and_an_ablation_through_the_cli(chain):
     summary = json.loads((d / "m" / "train.json").read_text())
     assert summary["corpus"] == "synthetic" and summary["clips"]["train"] == 5 and summary["clips"]["val"] == 1
     assert len(summary["labels"]) == 5  # the training rows' vocabulary: the validation clip's label is not in it
+    assert summary["scored_on"]["val"] == ["synthetic:train"] and summary["scored_on"]["train"] == ["synthetic:train"]
     assert json.loads((d / "m" / "alignment.json").read_text())["corpus"] == "synthetic"
     assert (d / "stage1" / "model.safetensors").exists()
     cfg = json.loads((d / "stage1" / "config.json").read_text())
@@ -224,6 +225,7 @@ def test_lm_tune_and_predict_on_good_and_bad_files(chain, tmp_path):
     summary = json.loads((d / "m" / "tune.json").read_text())
     assert summary["corpus"] == "synthetic" and summary["clips"]["train"] == 5 and summary["clips"]["val"] == 1
     assert len(summary["labels"]) == 5  # the training rows' vocabulary: the validation clip's label is not in it
+    assert summary["scored_on"]["val"] == ["synthetic:train"] and summary["scored_on"]["train"] == ["synthetic:train"]
     assert {"adapter_config.json", "adapter_model.safetensors", "projector.safetensors"} <= \
         {f.name for f in (d / "stage2").iterdir()}
 
