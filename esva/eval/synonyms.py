@@ -159,11 +159,45 @@ def _json_lines(text: str, n: int) -> list[int]:
 
 
 _WORD = re.compile(r"[a-z]+(?:[-'][a-z]+)*")
+_CLAUSE = re.compile(r"[.;:!?,()\n]+|\s[-\u2013\u2014]\s|\bbut\b")
+# a lexicon word within NEGATION_WINDOW words after one of these (same clause) is not credited: "not happy"
+NEGATORS = frozenset({"not", "no", "never", "nor", "neither", "without", "hardly", "barely", "scarcely"})
+NEGATION_WINDOW = 3
+# inflected forms tried when a word is not in the lexicon (one step): happily -> happy, worries -> worry,
+# worrying -> worry, angered -> anger, gloominess -> gloomy
+_SUFFIXES = (("ily", "y"), ("ly", ""), ("iness", "y"), ("ness", ""), ("ies", "y"), ("es", ""), ("s", ""),
+             ("ied", "y"), ("ing", ""), ("ing", "e"), ("ed", ""), ("ed", "e"))
+# forms whose stem is an emotion word but which do not name a feeling
+NOT_INFLECTED = frozenset({"concerning", "hopefully", "thankfully", "seriously", "surely", "sorely"})
+
+
+def _lookup(word: str, table: dict[str, str]) -> str | None:
+    if word in table:
+        return table[word]
+    if word in NOT_INFLECTED:
+        return None
+    for suffix, repl in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            stem = word[: -len(suffix)] + repl
+            if stem in table:
+                return table[stem]
+    return None
+
+
+def _negated(words: list[str], i: int) -> bool:
+    return any(w in NEGATORS or w.endswith("n't") for w in words[max(0, i - NEGATION_WINDOW):i])
 
 
 def emotion_words(text: str, grouping: Grouping) -> set[str]:
-    """The emotion groups a free text mentions: every word (and two-word phrase) in the grouping's lexicon."""
-    words = _WORD.findall(str(text).lower())
-    found = {grouping.table[w] for w in words if w in grouping.table}
-    found |= {grouping.table[f"{a} {b}"] for a, b in zip(words, words[1:]) if f"{a} {b}" in grouping.table}
+    """The emotion groups a free text mentions: every word (and two-word phrase) in the grouping's lexicon,
+    also in an inflected form (happily, worries, worrying), unless negated in its clause ("not happy",
+    "neither sad nor angry")."""
+    found: set[str] = set()
+    for clause in _CLAUSE.split(str(text).lower()):
+        words = _WORD.findall(clause)
+        for i, w in enumerate(words):
+            hit = grouping.table.get(f"{w} {words[i + 1]}") if i + 1 < len(words) else None
+            hit = hit or _lookup(w, grouping.table)
+            if hit is not None and not _negated(words, i):
+                found.add(hit)
     return found

@@ -80,6 +80,10 @@ def score(role: str, preds: pd.DataFrame, gold: pd.DataFrame, grouping, embed=No
            "n": len(gold), "empty_explanations": sum(not a.strip() for a in answers)}
     if embed and len(refs) > 1:  # what the proxy gives a fluent but unrelated explanation: each reference vs the next
         out["clue_overlap_proxy_mismatched"] = clue_overlap_proxy(refs, refs[1:] + refs[:1], embed)["clue_overlap_proxy"]
+    from esva.eval.metrics import emer_calibration  # the proxies' floor and ceiling on this split's own references
+
+    out["calibration"] = emer_calibration(refs, answers, gold_labels, grouping, embed,
+                                          [lab if isinstance(lab, str) and lab else None for lab in gold["label"]])
     if judge is not None:
         from esva.eval.judge import JudgeError
 

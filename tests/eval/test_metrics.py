@@ -96,8 +96,9 @@ def test_emer_proxies_by_hand():
     assert emotion_words("The voice is flat and the corners are pulled down.", g) == set()  # cue words, not feelings
     res = label_overlap_proxy([["angry"], ["sad", "lonely"], ["happy"]],
                               ["He is furious.", "She seems sad.", "No emotion words here."], g)
-    # sample 1: acc 1, rec 1 -> 10; sample 2: acc 1, rec .5 -> 7.5; sample 3: 0
-    assert res["per_sample"] == pytest.approx([10.0, 7.5, 0.0]) and res["label_overlap_proxy"] == pytest.approx(17.5 / 3)
+    # 5 x (precision + names an annotated emotion): sample 1: 10; sample 2 names sad (lonely needn't be named): 10;
+    # sample 3: 0 (tests/eval/test_emer_calibration.py has the rest)
+    assert res["per_sample"] == pytest.approx([10.0, 10.0, 0.0]) and res["label_overlap_proxy"] == pytest.approx(20 / 3)
     vecs = {"a": [1.0, 0.0], "b": [1.0, 1.0], "c": [-1.0, 0.0]}
     res = clue_overlap_proxy(["a", "a", "a"], ["a", "b", "c"], lambda xs: [vecs[x] for x in xs])
     assert res["per_sample"] == pytest.approx([10.0, 10 / 2 ** 0.5, 0.0])

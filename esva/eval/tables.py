@@ -1,0 +1,556 @@
+"""The paper's Tables 2-7 (and the offset table) as Markdown: this run's numbers beside the paper's.
+
+Pure functions: they take metrics files already loaded as dicts, and the paper's numbers
+(`esva.eval.paper_numbers`), and return text. `pipeline/stages/report.py` loads the files and writes the
+result. The rules every table follows:
+
+- each row of this run names the model that produced it: the stage-1 fusion classifier (and its
+  features), or the stage-2 LLM and its token layout (`esva` or `emotion_llama`);
+- the paper's numbers are the data file's strings, printed verbatim (a blank stays blank); a row whose
+  value follows from a metric's definition (Table 4's Empty) says so and is not called a run;
+- every F1 of this run has the weighted F1 of uniform guessing (chance) and of always predicting the
+  most frequent class (majority) beside it, computed from the gold label counts (`esva.eval.stats`);
+- a run whose predictions collapse to one class, or whose best epoch is its first, prints
+  `degenerate: <reason>` in place of its number;
+- comparison rows print the mean and 95% t-interval over training seeds when the metrics file holds
+  several, and a paired bootstrap against the full model over the shared test clips with a verdict; a
+  single-run file says `1 seed: no interval`;
+- every number of this run names its corpus; the synthetic corpus is never presented as a benchmark.
+
+The multi-seed layout read here (a stage-1 ablation file; a stage-2 mer2023.json may use the same keys):
+{"labels": [...], "design": {"seeds": [...], ...}, "runs": [{"seed", "fold", "best_epoch", ...}],
+ "predictions": {"clip_ids": [...], "gold": [...], "by_seed": {"0": [label per clip], ...}}}.
+Per seed, the weighted F1 is computed over that seed's predictions (every clip once); the row's value is
+the mean over seeds with a t-interval; the paired test is `stats.paired_bootstrap` over (clips x seeds),
+seed s of a variant paired with seed s of the full model.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from esva.eval import stats
+from esva.eval.paper_numbers import paper_table
+
+BOOTSTRAP_B = 2000
+BOOTSTRAP_SEED = 0
+STAGE1 = "stage-1 fusion classifier"
+# tune_ablation's stage-1 model per variant (dvc.yaml's foreach); tune.json does not record it
+S2_STAGE1 = {"full": "full", "no_msfe": "no_msfe", "no_align": "no_align", "baseline": "full"}
+T2_RUNS = {"HuBERT": "enc_hubert", "MAE": "enc_mae", "VideoMAE": "enc_videomae"}  # paper row -> ablate variant
+T5_RUNS = {"HuBERT": "enc_hubert", "MAE": "enc_mae", "VideoMAE": "enc_videomae", "EVA": "enc_eva",
+           "MAE, VideoMAE, EVA": "enc_mae_videomae_eva", "HuBERT + MAE": "enc_hubert_mae",
+           "HuBERT + VideoMAE": "enc_hubert_videomae", "HuBERT + MAE, VideoMAE": "enc_hubert_mae_videomae",
+           "HuBERT + MAE, EVA": "enc_hubert_mae_eva", "HuBERT + VideoMAE, EVA": "enc_hubert_videomae_eva",
+           "HuBERT + MAE, VideoMAE, EVA": "enc_hubert_mae_videomae_eva",
+           "MSFE-HuBERT + MAE, VideoMAE, EVA": "enc_msfe_hubert_mae_videomae_eva"}
+T6_RUNS = {"ESVA": "full", "ESVA w/o MSFE": "no_msfe", "ESVA w/o Audio & Video alignment": "no_align",
+           "Emotion-LLaMA (Baseline)": "baseline"}
+STAGE1_T6 = [("full", "full (MSFE + alignment)"), ("no_msfe", "no MSFE"), ("no_align", "no alignment"),
+             ("baseline", "no MSFE, no alignment")]
+ALIGN_ROWS = [  # (key, where, label, kind)
+    ("predict_zero", "reference", "predict zero offset", "floor: no estimation at all"),
+    ("xcorr_opening", "reference", "cross-correlation, audio energy vs mouth opening", "reference: no learning"),
+    ("xcorr_motion", "reference", "cross-correlation, audio energy vs mouth-region motion", "reference: no learning"),
+    ("learned", "alignment", "learned alignment (eq. 4-9)", "stage-1 fusion classifier's alignment module"),
+    ("oracle", "reference", "oracle (the true offset)", "ceiling: checks the scoring, not a method"),
+]
+
+
+# --------------------------------------------------------------------------- one run, summarised
+
+@dataclass
+class RunStats:
+    """One row of this run: its score, interval, baselines and degenerate flag, and what a paired test needs."""
+    model: str
+    corpus: str
+    n: int | None = None
+    f1: float | None = None
+    accuracy: float | None = None
+    seeds: int = 1
+    ci: tuple[float, float] | None = None  # t-interval over seeds
+    clip_ci: tuple[float, float] | None = None  # bootstrap over clips (one run with gold/pred pairs)
+    chance: float | None = None
+    majority: float | None = None
+    baseline_source: str | None = None
+    degenerate: str | None = None  # the whole row is not a result
+    flagged: str | None = None  # some seeds are degenerate
+    gold: list | None = None
+    clip_ids: list | None = None
+    by_seed: dict[str, list] | None = field(default=None, repr=False)
+
+
+def corpus_of(d: dict | None) -> str:
+    if not d:
+        return "not run"
+    split, design = d.get("split"), d.get("design") or {}
+    out = f"{d['corpus']}, split {split}" if split else str(d["corpus"])
+    if design.get("kind") == "kfold":
+        out += f", {design.get('folds')}-fold cross-validation (each clip predicted by the fold holding it out)"
+    return out
+
+
+def gold_fallback(mer: dict | None) -> dict | None:
+    """Gold counts of the evaluate split, for stage-1 files that store none (same corpus and clip count)."""
+    if not mer or not mer.get("per_class"):
+        return None
+    return {"counts": {c: v["support"] for c, v in mer["per_class"].items()}, "n": mer.get("n"),
+            "corpus": mer.get("corpus"), "labels": list(mer["per_class"]),
+            "source": "for stage-1 rows, the per-class supports of metrics/mer2023.json (the same test split: "
+                      "stage-1 files store no gold counts)"}
+
+
+def _baselines(rs: RunStats, counts: dict, n_labels: int | None, source: str) -> None:
+    counts = {c: k for c, k in counts.items() if k}
+    if counts:
+        rs.chance = stats.chance_weighted_f1(counts, n_labels)
+        rs.majority = stats.majority_weighted_f1(counts)
+        rs.baseline_source = source
+
+
+def _from_seeds(rs: RunStats, d: dict, runs: list[dict], labels: list | None) -> RunStats:
+    p = d["predictions"]
+    gold = list(p["gold"])
+    by_seed = {str(k): list(v) for k, v in p["by_seed"].items()}
+    rs.gold, rs.clip_ids, rs.by_seed, rs.n = gold, list(p.get("clip_ids") or range(len(gold))), by_seed, len(gold)
+    f1s, accs, bad = [], [], {}
+    for s, pred in by_seed.items():
+        f1s.append(stats.weighted_f1(gold, pred))
+        accs.append(sum(g == q for g, q in zip(gold, pred)) / len(gold))
+        reasons = [stats.degenerate(pred)]
+        first = sorted(r.get("fold", 0) for r in runs if str(r.get("seed")) == s and r.get("best_epoch") == 1)
+        if first:
+            reasons.append(f"{stats.degenerate(best_epoch=1)} in fold{'s' if len(first) > 1 else ''} "
+                           + ", ".join(map(str, first)))
+        reasons = [r for r in reasons if r]
+        if reasons:
+            bad[s] = "; ".join(reasons)
+    m = stats.mean_ci(f1s)
+    rs.f1, rs.seeds, rs.accuracy = m["mean"], m["n"], sum(accs) / len(accs)
+    rs.ci = (m["lo"], m["hi"]) if m["lo"] is not None else None
+    if len(by_seed) == 1 and not bad:
+        (only,) = by_seed.values()
+        b = stats.bootstrap_ci(gold, only, b=BOOTSTRAP_B, seed=BOOTSTRAP_SEED)
+        rs.clip_ci = (b["lo"], b["hi"])
+    _baselines(rs, Counter(gold), len(labels) if labels else None, "from the gold labels of the stored predictions")
+    if bad and len(bad) == len(by_seed):
+        reasons = sorted(set(bad.values()))
+        rs.degenerate = (f"every seed ({len(bad)}): " if len(by_seed) > 1 else "") + " | ".join(reasons)
+    elif bad:
+        rs.flagged = f"degenerate in {len(bad)} of {len(by_seed)} seeds: " + " | ".join(
+            f"seed {s}: {r}" for s, r in sorted(bad.items()))
+    return rs
+
+
+def stage1_stats(d: dict | None, variant: str | None = None, fallback: dict | None = None) -> RunStats | None:
+    """A stage-1 summary (train.json or ablation/<variant>.json), single-run or multi-seed."""
+    if not d:
+        return None
+    feats = d.get("features_use") or []
+    extra = [x for x, on in (("MSFE", d.get("msfe")), ("alignment", d.get("align"))) if on]
+    src = f"`ablate@{variant}`" if variant else "`train`"
+    model = f"{d.get('model') or STAGE1} ({src}: {', '.join(feats + extra) or 'features not recorded'})"
+    rs = RunStats(model=model, corpus=corpus_of(d))
+    if (d.get("predictions") or {}).get("by_seed"):
+        return _from_seeds(rs, d, d.get("runs") or [], d.get("labels"))
+    test = d.get("test") or {}
+    rs.f1, rs.accuracy, rs.n = test.get("weighted_f1"), test.get("accuracy"), test.get("n")
+    counts = None
+    if fallback and fallback.get("n") == rs.n and fallback.get("corpus") == d.get("corpus"):
+        counts = fallback["counts"]
+        _baselines(rs, counts, len(fallback.get("labels") or []) or None, fallback["source"])
+    rs.degenerate = stats.degenerate(None, d.get("best_epoch"), weighted_f1=rs.f1, accuracy=rs.accuracy,
+                                     gold_counts=counts)
+    return rs
+
+
+def stage2_stats(mer: dict | None, tune: dict | None, source: str) -> RunStats | None:
+    """A stage-2 run scored by `esva evaluate` (mer2023.json) with its tune.json."""
+    if not mer:
+        return None
+    layout = (tune or {}).get("layout")
+    model = f"stage-2 LLM, `{layout}` layout ({source})" if layout else f"stage-2 LLM, layout not recorded ({source})"
+    rs = RunStats(model=model, corpus=corpus_of(mer))
+    if (mer.get("predictions") or {}).get("by_seed"):
+        return _from_seeds(rs, mer, mer.get("runs") or (tune or {}).get("runs") or [],
+                           mer.get("labels") or list(mer.get("per_class") or []) or None)
+    rs.f1, rs.accuracy, rs.n = mer.get("weighted_f1"), mer.get("accuracy"), mer.get("n")
+    pred = None
+    conf = mer.get("confusion")
+    if conf and conf.get("matrix"):
+        gold, pred = stats.pairs_from_confusion(conf["matrix"], conf["columns"])
+        if gold:
+            b = stats.bootstrap_ci(gold, pred, b=BOOTSTRAP_B, seed=BOOTSTRAP_SEED)
+            rs.clip_ci = (b["lo"], b["hi"])
+    if mer.get("per_class"):
+        _baselines(rs, {c: v["support"] for c, v in mer["per_class"].items()}, len(mer["per_class"]),
+                   "for stage-2 rows, the per-class supports of their own mer2023.json")
+    rs.degenerate = stats.degenerate(pred, (tune or {}).get("best_epoch"))
+    return rs
+
+
+def paired_vs(row: RunStats | None, ref: RunStats | None) -> dict | str:
+    """The paired bootstrap of `row` against `ref` on their shared clips and seeds, or why there is none."""
+    if row is None or ref is None:
+        return "—"
+    if not (row.by_seed and ref.by_seed):
+        return "no per-clip predictions stored: no paired test"
+    ref_at = {c: i for i, c in enumerate(ref.clip_ids)}
+    row_at = {c: i for i, c in enumerate(row.clip_ids)}
+    clips = [c for c in ref.clip_ids if c in row_at]
+    if not clips:
+        return "no shared test clips: no paired test"
+    if any(ref.gold[ref_at[c]] != row.gold[row_at[c]] for c in clips):
+        return "the two files' gold labels differ: no paired test"
+    seeds = [s for s in ref.by_seed if s in row.by_seed]
+    if not seeds:
+        return "no shared seeds: no paired test"
+    a = [[row.by_seed[s][row_at[c]] for c in clips] for s in seeds]
+    b = [[ref.by_seed[s][ref_at[c]] for c in clips] for s in seeds]
+    return stats.paired_bootstrap([ref.gold[ref_at[c]] for c in clips], a, b, b=BOOTSTRAP_B, seed=BOOTSTRAP_SEED)
+
+
+# --------------------------------------------------------------------------- cells
+
+def _f(x, nd: int = 4, scale: float = 1.0) -> str:
+    return "—" if x is None else f"{x * scale:.{nd}f}"
+
+
+def _paper(v: str | None) -> str:
+    return "" if v is None else v  # verbatim; a blank cell stays blank
+
+
+def f1_cell(rs: RunStats | None) -> str:
+    if rs is None:
+        return "not run"
+    if rs.degenerate:
+        return f"degenerate: {rs.degenerate}"
+    return _f(rs.f1)
+
+
+def interval_cell(rs: RunStats | None) -> str:
+    if rs is None or rs.degenerate:
+        return "—"
+    if rs.seeds > 1:
+        out = f"[{_f(rs.ci[0])}, {_f(rs.ci[1])}] over {rs.seeds} seeds"
+    else:
+        out = "1 seed: no interval"
+        if rs.clip_ci:
+            out += f" (test clips, bootstrap: [{_f(rs.clip_ci[0])}, {_f(rs.clip_ci[1])}])"
+    return out + (f"; {rs.flagged}" if rs.flagged else "")
+
+
+def baseline_cells(rs: RunStats | None) -> list[str]:
+    if rs is None:
+        return ["—", "—"]
+    return [_f(rs.chance), _f(rs.majority)]
+
+
+def paired_cell(t: dict | str) -> str:
+    if isinstance(t, str):
+        return t
+    verdict = ("distinguishable from noise" if t["distinguishable"] else "not distinguishable from noise")
+    return (f"{t['diff']:+.4f} [{t['lo']:+.4f}, {t['hi']:+.4f}], p={t['p']:.3g}: {verdict}"
+            f" ({t['n']} clips x {t['seeds']} seed{'s' if t['seeds'] > 1 else ''})")
+
+
+def mdd_cell(t: dict | str, rs: RunStats | None) -> str:
+    if isinstance(t, dict):
+        return f"{t['mdd']:.4f} (F1)"
+    if rs is not None and rs.n:
+        return f"accuracy {stats.mcnemar_mdd(rs.n, 0.3):.2f}-{stats.mcnemar_mdd(rs.n, 0.5):.2f} (McNemar, psi .3-.5)"
+    return "—"
+
+
+def _relative(here: RunStats | None, base: RunStats | None, is_ref: bool) -> str:
+    if here is None:
+        return "—"
+    if is_ref:
+        return "reference"
+    if here.degenerate or base is None or base.degenerate or here.f1 is None or not base.f1:
+        return "—"
+    return f"{(here.f1 - base.f1) / base.f1:+.2%}"
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def md_table(head: list[str], rows: list[list]) -> list[str]:
+    return [_row(head), _row(["---"] * len(head)), *[_row(r) for r in rows], ""]
+
+
+# --------------------------------------------------------------------------- the tables
+
+def table2(m: dict, paper: dict) -> list[str]:
+    t = paper_table(2, paper)
+    fb = gold_fallback(m.get("mer2023"))
+    abl = m.get("ablation") or {}
+    s2 = m.get("stage2") or {}
+    runs = {name: stage1_stats(abl.get(v), v, fb) for name, v in T2_RUNS.items()}
+    base = s2.get("baseline") or {}
+    runs["Emotion-LLaMA"] = stage2_stats(base.get("mer2023"), base.get("tune"), "`tune_ablation@baseline`")
+    runs["ESVA"] = stage2_stats(m.get("mer2023"), m.get("tune"), "`tune` + `evaluate`, the main run")
+    extra = {"VideoMAE": [("EVA", "V", stage1_stats(abl.get("enc_eva"), "enc_eva", fb))],
+             "MacBERT": [("all-MiniLM-L6-v2", "T", stage1_stats(abl.get("enc_text"), "enc_text", fb))]}
+
+    def line(name, modality, rs, paper_f1):
+        return [name, rs.model if rs else "not run", modality, f1_cell(rs), interval_cell(rs), *baseline_cells(rs),
+                corpus_of(None) if rs is None else rs.corpus, paper_f1]
+
+    rows = []
+    for r in t["rows"]:
+        rows.append(line(r["row"], r["values"]["Modality"], runs.get(r["row"]), _paper(r["values"]["F1 score"])))
+        rows += [line(n, mod, rs, "(not in the paper)") for n, mod, rs in extra.get(r["row"], [])]
+    main1 = stage1_stats(m.get("train"), None, fb)
+    rows.append(line("ESVA, stage 1 only", "A,V,T", main1, "(not in the paper)"))
+    out = ["## Table 2: comparison on MER2023 (weighted F1)", ""]
+    out += md_table(["Model (paper's row)", "produced here by", "Modality", "F1, this run", "95% interval",
+                     "chance F1", "majority F1", "this run's corpus", "F1, paper (MER2023, as printed)"], rows)
+    out += ["The ESVA row is the main stage-2 run's parsed answers; the Emotion-LLaMA row is the stage-2 LLM in "
+            "Emotion-LLaMA's token layout (`tune_ablation@baseline`, a shorter schedule than the main run: see "
+            "Table 6), so the two are not a like-for-like comparison. Unimodal rows are the stage-1 classifier on "
+            "those encoders. `not run`: an encoder or model this project does not ship. The paper's rows between "
+            "HuBERT and Emotion-LLaMA are printed as the extracted paper text has them (see the notes at the end).",
+            ""]
+    out += _baseline_note([*runs.values(), main1, *[x[2] for e in extra.values() for x in e]])
+    mer = m.get("mer2023")
+    if mer:
+        out += [f"Stage 2 on {corpus_of(mer)}: accuracy {_f(mer.get('accuracy'))}, macro F1 {_f(mer.get('macro_f1'))}, "
+                f"answers outside the label set {mer.get('invalid')} of {mer.get('n')}"
+                + (f", valence MSE {_f(mer['valence_mse'])}, combined {_f(mer['combined'])}" if "valence_mse" in mer
+                   else "") + ". Confusion matrix: `metrics/confusion_mer2023.png`.", ""]
+    return out
+
+
+def table3(m: dict, paper: dict) -> list[str]:
+    t = paper_table(3, paper)
+    emer = m.get("emer")
+    tune = m.get("tune") or {}
+    model = f"stage-2 LLM, `{tune['layout']}` layout (`tune` + `evaluate`)" if tune.get("layout") else "stage-2 LLM"
+    rows = []
+    for r in t["rows"]:
+        v = r["values"]
+        if r["row"] == "ESVA" and emer:
+            rows.append([r["row"], model, _f(emer.get("clue_overlap_proxy"), 2) + " (proxy)",
+                         _f(emer.get("label_overlap_proxy"), 2) + " (proxy)", corpus_of(emer),
+                         _paper(v["Clue Overlap"]), _paper(v["Label Overlap"])])
+        else:
+            rows.append([r["row"], "not run", "not run", "not run", "not run", _paper(v["Clue Overlap"]),
+                         _paper(v["Label Overlap"])])
+    if emer and emer.get("clue_overlap_proxy_mismatched") is not None:
+        rows.append(["reference vs another clip's reference", "the proxy's floor (no model)",
+                     _f(emer["clue_overlap_proxy_mismatched"], 2) + " (proxy)", "—", corpus_of(emer),
+                     "(not in the paper)", "(not in the paper)"])
+    out = ["## Table 3: EMER (0-10)", ""]
+    out += md_table(["Model (paper's row)", "produced here by", "clue overlap, this run", "label overlap, this run",
+                     "this run's corpus", "clue overlap, paper (EMER, as printed)",
+                     "label overlap, paper (EMER, as printed)"], rows)
+    out += ["EMER's official scores come from a ChatGPT judge; this run's are the offline proxies "
+            "`clue_overlap_proxy` (10 x cosine of all-MiniLM-L6-v2 embeddings of the reference and generated "
+            "explanations) and `label_overlap_proxy` (emotion words found with the synonym lexicon), which are not "
+            "on the judge's scale." if emer else "`esva evaluate` has not run.", ""]
+    return out
+
+
+def table4(m: dict, paper: dict, empty: dict | None = None) -> list[str]:
+    """`empty`: the OV metric's scores of an empty answer (ov_scores on [[]]), by the metric's definition."""
+    t = paper_table(4, paper)
+    ov = m.get("mer2024_ov")
+    tune = m.get("tune") or {}
+    model = f"stage-2 LLM, `{tune['layout']}` layout (`tune` + `evaluate`)" if tune.get("layout") else "stage-2 LLM"
+    cols = ["Accuracys /%", "Recalls", "AVG /%"]
+    rows = []
+    for r in t["rows"]:
+        p = [_paper(r["values"][c]) for c in cols]
+        if r["row"] == "Empty":
+            got = ([_f(empty["accuracy"], 2, 100), _f(empty["recall"], 2, 100), _f(empty["avg"], 2, 100)]
+                   if empty else ["not computed"] * 3)
+            rows.append([r["row"], "by definition of the metric (an empty answer scores 0): not a run", *got,
+                         "any corpus", *p])
+        elif r["row"] == "ESVA" and ov:
+            rows.append([r["row"], model, _f(ov["accuracy"], 2, 100), _f(ov["recall"], 2, 100), _f(ov["avg"], 2, 100),
+                         corpus_of(ov), *p])
+        else:
+            rows.append([r["row"], "not run", "not run", "not run", "not run", "not run", *p])
+    out = ["## Table 4: MER2024 open vocabulary (%)", ""]
+    out += md_table(["Model (paper's row)", "produced here by", "accuracy, this run", "recall, this run",
+                     "avg, this run", "this run's corpus", "Accuracys /%, paper (as printed)",
+                     "Recalls, paper (as printed)", "AVG /%, paper (as printed)"], rows)
+    if ov:
+        out += [f"Synonym grouping used: `{ov.get('grouping')}` (the official scoring groups synonyms with an LLM).", ""]
+    return out
+
+
+def table5(m: dict, paper: dict) -> list[str]:
+    t = paper_table(5, paper)
+    fb = gold_fallback(m.get("mer2023"))
+    abl = m.get("ablation") or {}
+    rows, seen = [], []
+    for r in t["rows"]:
+        v = T5_RUNS.get(r["row"])
+        rs = stage1_stats(abl.get(v), v, fb) if v else None
+        seen.append(rs)
+        rows.append([_paper(r["values"]["Audio Encoder"]), _paper(r["values"]["Video Encoder"]),
+                     rs.model if rs else "not run", f1_cell(rs), interval_cell(rs), *baseline_cells(rs),
+                     rs.corpus if rs else "not run", _paper(r["values"]["F1-Score"])])
+    out = ["## Table 5: encoder ablation (weighted F1)", ""]
+    out += md_table(["Audio encoder (paper)", "Video encoder (paper)", "produced here by", "F1, this run",
+                     "95% interval", "chance F1", "majority F1", "this run's corpus", "F1-Score, paper (MERR, as printed)"],
+                    rows)
+    out += ["This run's rows are the stage-1 classifier on cached features (`ablate@enc_*`); Wav2Vec, VGGish and "
+            "Whisper are not among this project's encoders.", ""]
+    return out + _baseline_note(seen)
+
+
+def _baseline_note(rows: list[RunStats | None]) -> list[str]:
+    src = sorted({r.baseline_source for r in rows if r is not None and r.baseline_source})
+    missing = any(r is not None and r.chance is None for r in rows)
+    if not src and not missing:
+        return []
+    return ["Chance and majority F1: " + ("; ".join(src) if src else "not computed")
+            + ("; `—`: the metrics file stores no gold label counts" if missing else "") + ".", ""]
+
+
+def _single_seed_note(rows: list[RunStats | None]) -> list[str]:
+    got = [r for r in rows if r is not None and r.seeds == 1 and r.n]
+    if not got:
+        return []
+    n = min(r.n for r in got)
+    accs = [r.accuracy for r in got if r.accuracy is not None]
+    spread = round((max(accs) - min(accs)) * n) if len(accs) > 1 else None
+    return [f"Rows marked `1 seed` are one training seed on {n} test clips: one clip moves accuracy by {1 / n:.1%}. "
+            f"A McNemar test on {n} paired clips (alpha .05, power .8) detects an accuracy difference of "
+            f"(1.96 + 0.84) x sqrt(psi / n) = {stats.mcnemar_mdd(n, 0.3):.2f} when the two models disagree on 30% of "
+            f"the clips (psi), {stats.mcnemar_mdd(n, 0.5):.2f} at 50%"
+            + (f"; these rows' accuracies span {spread} clips" if spread is not None else "")
+            + ". Differences below that cannot be told from noise.", ""]
+
+
+def table6(m: dict, paper: dict) -> list[str]:
+    t = paper_table(6, paper)
+    s2 = m.get("stage2") or {}
+    got = {}
+    for v in T6_RUNS.values():
+        x = s2.get(v) or {}
+        got[v] = (stage2_stats(x.get("mer2023"), x.get("tune"), f"`tune_ablation@{v}`"), x.get("tune"))
+    ref = got["full"][0]
+    rows = []
+    for r in t["rows"]:
+        v = T6_RUNS[r["row"]]
+        rs, tune = got[v]
+        how = (f"stage-2 LLM, `{tune.get('layout')}` layout, stage 1 `{tune.get('stage1', S2_STAGE1[v])}`, "
+               f"{tune.get('epochs')} epochs (best {tune.get('best_epoch')})" if tune and rs else "not run")
+        test = "reference" if v == "full" and rs else paired_vs(rs, ref)
+        rows.append([r["row"], how, f1_cell(rs), interval_cell(rs), paired_cell(test),
+                     "—" if v == "full" else mdd_cell(test, rs), *baseline_cells(rs), _relative(rs, ref, v == "full"),
+                     rs.corpus if rs else "not run", _paper(r["values"]["F1-Score"]),
+                     _paper(r["values"]["Relative des rate"])])
+    out = ["## Table 6: component ablation (weighted F1, stage-2 LLM)", ""]
+    out += md_table(["Model (paper's row)", "produced here by", "F1, this run", "95% interval",
+                     "vs ESVA (full), paired bootstrap", "min. detectable difference (alpha .05, power .8)",
+                     "chance F1", "majority F1", "relative, this run (computed)", "this run's corpus",
+                     "F1-Score, paper (MERR, as printed)", "Relative des rate, paper (as printed)"], rows)
+    out += ["Each row is the stage-2 LLM tuned on the stage-1 model of its variant (`tune_ablation@<variant>`) and "
+            "scored by `esva evaluate` like the main run, on a shorter schedule than the main tune. The baseline uses "
+            "Emotion-LLaMA's token layout (EVA patch tokens; MAE, VideoMAE, HuBERT and EVA CLS tokens); the other "
+            "rows esva's (MSFE tokens in place of HuBERT, aligned video tokens added). This run's relative column is "
+            "computed from this run's F1s; the paper's is printed as the paper prints it (it does not always match "
+            "its own F1s: see the notes at the end).", ""]
+    out += _baseline_note([g[0] for g in got.values()]) + _single_seed_note([g[0] for g in got.values()])
+    return out
+
+
+def table6_stage1(m: dict) -> list[str]:
+    fb = gold_fallback(m.get("mer2023"))
+    abl = m.get("ablation") or {}
+    got = {v: stage1_stats(abl.get(v), v, fb) for v, _ in STAGE1_T6}
+    ref = got["full"]
+    rows = []
+    for v, name in STAGE1_T6:
+        rs = got[v]
+        test = "reference" if v == "full" and rs else paired_vs(rs, ref)
+        rows.append([name, rs.model if rs else "not run", f1_cell(rs), interval_cell(rs), paired_cell(test),
+                     "—" if v == "full" else mdd_cell(test, rs), *baseline_cells(rs), _relative(rs, ref, v == "full"),
+                     rs.corpus if rs else "not run"])
+    out = ["### Table 6, stage-1 classifier (for reference; the paper has no such table)", ""]
+    out += md_table(["Variant", "produced here by", "F1, this run", "95% interval", "vs full, paired bootstrap",
+                     "min. detectable difference (alpha .05, power .8)", "chance F1", "majority F1",
+                     "relative, this run (computed)", "this run's corpus"], rows)
+    out += _baseline_note(list(got.values())) + _single_seed_note(list(got.values()))
+    return out
+
+
+def table7(m: dict, paper: dict) -> list[str]:
+    t = paper_table(7, paper)
+    rows = [[r["row"], _paper(r["values"]["Description"]), "not run", "not run", "not run", "not run",
+             _paper(r["values"]["MER2023 F1"]), _paper(r["values"]["EMER Label Overlap"]),
+             _paper(r["values"]["MER2024 Avg(%)"])] for r in t["rows"]]
+    out = ["## Table 7: adaptive alignment control", ""]
+    out += md_table(["Model (paper's row)", "Description (paper)", "produced here by", "MER2023 F1, this run",
+                     "EMER label overlap, this run", "MER2024 avg, this run", "MER2023 F1, paper (as printed)",
+                     "EMER Label Overlap, paper (as printed)", "MER2024 Avg(%), paper (as printed)"], rows)
+    out += ["The alignment controllers (`align.controller`) are not implemented, so no row of this table has run. A "
+            "blank paper cell is blank in the paper.", ""]
+    return out
+
+
+def alignment_table(m: dict) -> list[str]:
+    align = m.get("alignment") or {}
+    ref = m.get("alignment_reference") or {}
+    rows = []
+    ref_rows = ref.get("rows") or {}
+    for key, where, label, kind in ALIGN_ROWS:
+        if where == "alignment":
+            d, src, corpus = align.get(key), "metrics/alignment.json", align
+        else:
+            d, src, corpus = ref_rows.get(key), "metrics/alignment_reference.json", ref
+        if d:
+            rows.append([label, kind, _f(d.get("mae_ms"), 1), _f(d.get("median_ae_ms"), 1),
+                         _f(d.get("within_one_frame"), 3), d.get("n", "—"), corpus_of(corpus), src])
+    if not ref_rows and align.get("reference_xcorr"):  # the older layout: the reference inside alignment.json
+        d = align["reference_xcorr"]
+        rows.insert(0, ["cross-correlation reference (sync-baseline)", "reference: no learning", _f(d["mae_ms"], 1),
+                        _f(d["median_ae_ms"], 1), _f(d["within_one_frame"], 3), d["n"], corpus_of(align),
+                        "metrics/alignment.json"])
+    if not rows:
+        return []
+    out = ["## Audio-video offset estimation", ""]
+    out += md_table(["Method", "kind", "mean abs. error (ms)", "median abs. error (ms)", "within one frame", "n",
+                     "corpus", "file"], rows)
+    out += ["The true offsets are known only on the synthetic corpus; the paper reports no offset error.", ""]
+    return out
+
+
+def paper_notes(paper: dict) -> list[str]:
+    return ["## About the paper's numbers", "", paper["source"], "",
+            *[f"- {n}" for n in paper.get("notes", [])],
+            *[f"- Table {t['table']}, row '{r['row']}': {r['note']}" for t in paper["tables"] for r in t["rows"]
+              if r.get("note")], ""]
+
+
+def build_report(m: dict, paper: dict, *, metrics_dir: str = "metrics", empty_ov: dict | None = None) -> str:
+    """metrics/tables.md. `m`: {"train", "tune", "mer2023", "mer2024_ov", "emer", "alignment",
+    "alignment_reference": dict or None, "ablation": {variant: dict}, "stage2": {variant: {"mer2023", "tune"}}}."""
+    singles = [m.get(k) for k in ("train", "mer2023", "mer2024_ov", "emer")]
+    many = list((m.get("ablation") or {}).values()) + [x.get("mer2023") for x in (m.get("stage2") or {}).values()]
+    corpora = sorted({d["corpus"] for d in singles + many if d and d.get("corpus")})
+    lines = ["# The paper's tables: this run beside the published numbers", "",
+             f"Generated by `esva report` from the metrics files under `{metrics_dir}/`. **This run's corpus: "
+             f"{', '.join(corpora) or 'none'}.**"]
+    if "synthetic" in corpora:
+        lines += ["", "> Numbers marked *synthetic* come from esva's generated corpus with random-weight encoders and a "
+                  "tiny LLM. They test that the pipeline works end to end and are **not results on MER2023, MER2024, "
+                  "EMER or MERR**. The paper's columns are copied from the paper, for layout only; the two are not "
+                  "comparable."]
+    lines += ["", "How to read the rows: `produced here by` names the model behind each number (the stage-1 fusion "
+              "classifier and its features, or the stage-2 LLM and its token layout). `chance F1` is uniform guessing "
+              "over the label set and `majority F1` always predicting the most frequent class, both computed from the "
+              "gold label counts (`esva/eval/stats.py`). `degenerate: ...` replaces the number of a run whose "
+              "predictions collapse to one class or whose best epoch is its first. Intervals are 95%: a t-interval "
+              "over training seeds, or, for one seed, a bootstrap over the test clips. Paired tests resample the "
+              "shared test clips (and seeds) 2000 times. Paper columns print the paper's strings as printed.", ""]
+    lines += table2(m, paper) + table3(m, paper) + table4(m, paper, empty_ov) + table5(m, paper)
+    lines += table6(m, paper) + table6_stage1(m) + table7(m, paper) + alignment_table(m) + paper_notes(paper)
+    return "\n".join(lines).rstrip() + "\n"
