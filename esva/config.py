@@ -136,6 +136,7 @@ class CropConfig(Strict):
     size: int = Field(224, ge=32)
     margin: float = Field(0.25, ge=0.0, le=2.0)
     smooth: float = Field(0.6, ge=0.0, lt=1.0)
+    detect_every: int = Field(5, ge=1)  # detect on every k-th frame (and the last), interpolate between (1: every frame)
     min_face_ratio: float = Field(0.0, ge=0.0, le=1.0)
     skip_if_no_face: bool = True
     device: str = "cpu"
@@ -280,6 +281,17 @@ class TrainConfig(Strict):
     feature_cache_mb: int = Field(512, ge=0)  # features streamed from the stores through a cache of this size
     max_skip_ratio: float = Field(0.1, ge=0.0, le=1.0)
     checkpoint_every: int = Field(50, ge=0)  # steps between resumable checkpoints (and every epoch end); 0 = off
+    # the ablation rows (`esva train --variant`): repeated stratified k-fold cross-validation on the training
+    # clips (esva/train/cv.py), cv_seeds seeds (train.seed, +1, ...) x cv_folds folds; cv_folds 0 = off
+    cv_seeds: int = Field(5, ge=1)
+    cv_folds: int = Field(5, ge=0)
+    cv_val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _folds(self) -> "TrainConfig":
+        if self.cv_folds == 1:
+            raise ValueError("train.cv_folds: 0 (off) or at least 2")
+        return self
 
 
 class LlmConfig(Strict):

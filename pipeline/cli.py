@@ -116,9 +116,10 @@ def synth(out: Annotated[Path, typer.Option(help="output folder for videos/, lab
 @friendly
 def ingest(dataset: Annotated[Optional[str], typer.Option(help="adapter: synthetic, folder, mer2023, mer2024, merr, emer; default: every entry of data.sources")] = None,
            root: Annotated[Optional[Path], typer.Option(help="dataset root folder (with --dataset)")] = None,
+           from_: Annotated[Optional[Path], typer.Option("--from", help="merge the per-source files of `esva ingest-source` in this folder (DVC's ingest stage) instead of reading the datasets")] = None,
            out: Annotated[Path, typer.Option(help="manifest to write")] = Path("data/manifest.parquet"),
            params: ParamsOpt = None, set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
-    """Read datasets with their adapters and write the manifest (params `data.sources`, `ingest`)."""
+    """Read datasets with their adapters and write the manifest (params `data`, `ingest`, `evaluate.*`)."""
     from esva.config import ADAPTERS, ConfigError, Source
     from pipeline.stages import ingest as stage
 
@@ -126,13 +127,46 @@ def ingest(dataset: Annotated[Optional[str], typer.Option(help="adapter: synthet
     if dataset or root:
         if not (dataset and root):
             raise ConfigError("--dataset and --root go together")
+        if from_:
+            raise ConfigError("--from merges data.sources' files; it does not go with --dataset/--root")
         if dataset not in ADAPTERS:
             raise ConfigError(f"--dataset must be one of {list(ADAPTERS)}, got {dataset!r}")
         # one source from the command line: its own splits keep their usual roles (train, val, test)
         stage.run(p.ingest, (Source(name=dataset, adapter=dataset, root=str(root)),), out, metrics)
         return
+    if from_:
+        stage.run_merge(p.ingest, from_, out, metrics, data_cfg=p.data, evaluate_cfg=p.evaluate)
+        return
     stage.run(p.ingest, p.data.sources, out, metrics, data_cfg=p.data,
               evaluate_cfg=p.evaluate)
+
+
+@app.command("ingest-source")
+@friendly
+def ingest_source(name: Annotated[str, typer.Argument(help="the source's name (a data.sources entry)")],
+                  adapter: Annotated[Optional[str], typer.Option(help="its adapter (with --root; default: its data.sources entry's)")] = None,
+                  root: Annotated[Optional[str], typer.Option(help="its dataset root (with --adapter)")] = None,
+                  out: Annotated[Optional[Path], typer.Option(help="per-source file [default: data/sources/NAME.parquet]")] = None,
+                  params: ParamsOpt = None, set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
+    """One dataset through its adapter, for `esva ingest --from` (params `data.transcript_language`; DVC runs
+    it once per data.sources entry with the entry on its command line)."""
+    from esva.config import ConfigError, Source
+    from pipeline.stages import ingest as stage
+
+    if (adapter is None) != (root is None):
+        raise ConfigError("--adapter and --root go together")
+    if adapter is not None:
+        from esva.config import restrict
+
+        src = Source(name=name, adapter=adapter, root=root)
+        language = restrict(_params(params, set_), stage.SOURCE_PARAMS, "ingest-source").data.transcript_language
+    else:  # by hand: the entry from the params file (DVC's stage passes it, so that it depends on it alone)
+        data = _params(params, set_).data
+        found = [s for s in data.sources if s.name == name]
+        if not found:
+            raise ConfigError(f"data.sources has no source {name!r} (it has {[s.name for s in data.sources]})")
+        src, language = found[0], data.transcript_language
+    stage.run_source(src, language, out or Path(f"data/sources/{name}.parquet"), metrics)
 
 
 @app.command()

@@ -335,6 +335,10 @@ def merr(root: Path, dataset: str, labels: Iterable[str], language: str = "engli
             for k, v in data.items():
                 if _caption(v):
                     captions[k] = _caption(v)
+    # MERR_fine_grained.txt lists a subset of MERR_coarse_grained.txt's clips: a clip in several files is one
+    # row (the first file's, coarse before fine), counted; the same name with another label is a problem
+    listed: dict[str, tuple[str, int, str]] = {}
+    b.result.notes["in_several_files"] = 0
     for path in txts:
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
@@ -348,6 +352,16 @@ def merr(root: Path, dataset: str, labels: Iterable[str], language: str = "engli
                 b.result.n_in += 1
                 b.result.problems.append(Problem(path.name, i, parts[0], f"expected `name frames label [valence]`, got {line.strip()!r}"))
                 continue
+            first = listed.get(parts[0])
+            if first is not None and first[0] != path.name:
+                if parts[2].lower() == first[2].lower():
+                    b.result.notes["in_several_files"] += 1
+                else:
+                    b.result.n_in += 1
+                    b.result.problems.append(Problem(path.name, i, parts[0], f"label {parts[2]!r} here but {first[2]!r} "
+                                                                             f"in {first[0]}:{first[1]}"))
+                continue
+            listed.setdefault(parts[0], (path.name, i, parts[2]))
             val = parts[3] if len(parts) > 3 else None
             b.add(path.name, i, parts[0], "train", parts[2], val, reason=captions.get(parts[0], ""))
     return b.result

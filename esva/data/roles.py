@@ -8,7 +8,9 @@
   training or test data.
 - **Leakage guard:** a `train` or `val` row whose dataset name, or whose video content (size and the
   first and last MiB, so copies of one file match wherever they lie), equals any evaluated row's is
-  removed (role `unused`); each removal is listed with the evaluated clip it matched.
+  removed (role `unused`); each removal is listed with the evaluated clip it matched. The manifest's
+  `content_key` column (filled per source by `esva ingest-source`) is used when present, so the merge
+  reads no video.
 - Everything else is `unused` (decoded by no stage).
 """
 
@@ -84,9 +86,16 @@ def assign_roles(df: pd.DataFrame, data_cfg, evaluate_cfg, hash_contents: bool =
         eval_names.setdefault(str(df["name"].iloc[i]), str(df["clip_id"].iloc[i]))
     eval_keys: dict[str, str] = {}
     paths = [Path(str(r)) / str(v) for r, v in zip(df["root"], df["video_path"])]
+    stored = list(df["content_key"]) if "content_key" in df.columns else None  # computed at ingest-source
+
+    def key_of(i: int) -> str | None:
+        if stored is not None:
+            return stored[i] if isinstance(stored[i], str) and stored[i] else None
+        return content_key(paths[i])
+
     if hash_contents:
         for i in np.flatnonzero(evaluated):
-            k = content_key(paths[i])
+            k = key_of(i)
             if k:
                 eval_keys.setdefault(k, str(df["clip_id"].iloc[i]))
     for i, role in enumerate(roles):
@@ -94,7 +103,7 @@ def assign_roles(df: pd.DataFrame, data_cfg, evaluate_cfg, hash_contents: bool =
             continue
         hit, how = eval_names.get(str(df["name"].iloc[i])), "name"
         if hit is None and eval_keys:
-            hit, how = eval_keys.get(content_key(paths[i]) or ""), "content"
+            hit, how = eval_keys.get(key_of(i) or ""), "content"
         if hit is not None:
             roles[i] = "unused"
             report["leak"]["removed"] += 1

@@ -195,9 +195,10 @@ def generate(p: Params, df: pd.DataFrame, gold: dict[str, pd.DataFrame], feature
              lm_dir: Path) -> dict[str, pd.DataFrame]:
     m = load(model_dir, lm_dir, p.tune.device, cache_mb=p.tune.feature_cache_mb)
     ids = sorted(set().union(*[set(g["clip_id"]) for g in gold.values()]))
-    sub = df[df["clip_id"].isin(ids)]
+    sub = df[df["clip_id"].isin(ids)].copy()
+    sub["role"] = "predict"  # every evaluated clip is read (the training roles map only eval:mer to a split)
     data = load_features(sub, {n: Path(features_dir) / f"{n}.zarr" for n in NEEDS}, NEEDS, labelled_only=False,
-                          extra=EXTRA)
+                          extra=EXTRA, labels=tuple(m.config.get("labels") or LABELS))
     check_dims(m, data)
     by_id = {c.clip_id: c for c in data.clips}
     out = {}

@@ -13,13 +13,28 @@ import yaml
 from esva.config import Params
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("synth", "ingest", "decode", "crop", "extract@hubert", "extract@mae", "extract@videomae", "extract@eva",
+STAGES = ("synth", "ingest-source@0", "ingest", "decode", "crop", "extract@hubert", "extract@mae", "extract@videomae", "extract@eva",
           "extract@text", "sync-baseline", "train", "lm", "tune", "evaluate", "report")
 
 
 def _dvc():
     with (ROOT / "dvc.yaml").open() as fh:
         return yaml.safe_load(fh)
+
+
+def _foreach_items(st) -> dict:
+    """A foreach stage's items by key, as DVC names them: a mapping's keys, a list of strings' values, the
+    indices of a list of mappings (`${data.sources}`, resolved from params.yaml)."""
+    items = st["foreach"]
+    if isinstance(items, str):  # ${a.b}: a params.yaml value
+        with (ROOT / "params.yaml").open() as fh:
+            node = yaml.safe_load(fh)
+        for part in items.strip("${}").split("."):
+            node = node[part]
+        items = node
+    if isinstance(items, dict):
+        return items
+    return {str(i): v for i, v in enumerate(items)} if any(isinstance(v, dict) for v in items) else {i: i for i in items}
 
 
 def _key_exists(key: str) -> bool:
@@ -33,12 +48,11 @@ def _key_exists(key: str) -> bool:
 
 def test_every_stage_is_an_esva_command_with_real_deps_and_params():
     stages = _dvc()["stages"]
-    assert list(stages)[:4] == ["synth", "ingest", "decode", "crop"]
+    assert list(stages)[:5] == ["synth", "ingest-source", "ingest", "decode", "crop"]
     assert {"extract", "sync-baseline", "train", "lm", "tune", "evaluate", "report", "ablate"} <= set(stages)
     for name, st in stages.items():
         if "foreach" in st:
-            items = st["foreach"].items() if isinstance(st["foreach"], dict) else [(i, i) for i in st["foreach"]]
-            for key, item in items:
+            for key, item in _foreach_items(st).items():
                 body = yaml.safe_dump(st["do"]).replace("${key}", key)
                 if isinstance(item, dict):
                     for k, v in item.items():
@@ -46,6 +60,7 @@ def test_every_stage_is_an_esva_command_with_real_deps_and_params():
                 else:
                     body = body.replace("${item}", item)
                 prefix = {"extract": f"esva extract {key}", "ablate": "esva train --variant",
+                          "ingest-source": f"esva ingest-source {item.get('name') if isinstance(item, dict) else ''}",
                           "tune_ablation": "esva tune --stage1 data/models/ablation/"}[name]
                 _check_stage(f"{name}@{key}", yaml.safe_load(body), prefix)
         else:
@@ -66,8 +81,7 @@ def _stage_entries():
     """(dvc stage name, foreach item or None, its body) for every stage and every foreach item."""
     for name, st in _dvc()["stages"].items():
         if "foreach" in st:
-            items = st["foreach"] if isinstance(st["foreach"], dict) else {i: i for i in st["foreach"]}
-            for key in items:
+            for key in _foreach_items(st):
                 yield name, key, st["do"]
         else:
             yield name, None, st
@@ -132,13 +146,15 @@ def dvc_repo(tmp_path, monkeypatch):
     (repo / "dvc.yaml").write_text(yaml.safe_dump(dag, sort_keys=False))
     with (ROOT / "params.yaml").open() as fh:
         params = yaml.safe_load(fh)
-    params["synth"].update(n_clips=12, workers=1, min_seconds=1.0, max_seconds=1.4, width=160, height=128)
+    # 18 clips, 3 per label: one each for train, val (both stages choose epochs on it) and test
+    params["synth"].update(n_clips=18, workers=1, min_seconds=1.0, max_seconds=1.4, width=160, height=128,
+                           split={"train": 0.34, "val": 0.33, "test": 0.33})
     params["train"].update(epochs=2, patience=1, batch_size=4)
     params["align"].update(warmup_epochs=1, max_shift=4, window=4)
     params["msfe"].update(scales=2)
     params["llm"].update(vocab_size=320, hidden_size=32, layers=1, heads=2, intermediate_size=64, epochs=1, block=32)
     params["tune"].update(epochs=1, lora_r=4, audio_tokens=2, video_tokens=2, max_new_tokens=16)
-    # the default roles: train on synthetic:train, evaluate on synthetic:test (twelve clips: a few test clips)
+    # the default roles: train on synthetic:train, validate on synthetic:val, evaluate on synthetic:test
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / ".gitignore").write_text("/data/\n__pycache__/\n")
     env = dict(os.environ, DVC_NO_ANALYTICS="1", DVC_SITE_CACHE_DIR=str(tmp_path / "site"),
@@ -164,8 +180,9 @@ def test_repro_then_nothing_to_do_and_only_downstream_reruns(dvc_repo):
     assert first.returncode == 0, first.stdout + first.stderr
     assert _ran(first.stdout) == set(STAGES)
     for stage in STAGES:
-        if stage not in ("sync-baseline", "evaluate", "report"):
+        if stage not in ("sync-baseline", "evaluate", "report", "ingest-source@0"):
             assert (repo / "metrics" / f"{stage.replace('@', '_')}.json").exists(), stage
+    assert (repo / "metrics" / "ingest" / "synthetic.json").exists()  # ingest-source@0's report
     assert json.loads((repo / "metrics" / "train.json").read_text())["corpus"] == "synthetic"
     assert json.loads((repo / "metrics" / "alignment.json").read_text())["corpus"] == "synthetic"
     assert json.loads((repo / "metrics" / "tune.json").read_text())["corpus"] == "synthetic"
