@@ -2,12 +2,20 @@
 
 Backends:
 - `haar`: OpenCV 4's bundled frontal-face Haar cascade (ships in the opencv-python wheel; offline).
-  Boxes are smoothed over time and cropped square with a margin.
+  Boxes are smoothed over time (sizes over a longer time constant than centres: `smooth_track`) and
+  cropped square with a margin.
 - `face_alignment`: S3FD boxes + FAN 68-point landmarks; crops are aligned by a similarity
   transform that puts the eye centres and the mouth centre at fixed template positions. Its
   weights must already be in the torch hub cache (`$TORCH_HOME/hub/checkpoints`): esva never
   downloads them.
 - `auto`: face_alignment when its weights are present, else haar.
+
+Sparse detection (`crop.detect_every` = k): the detector runs on every k-th frame and the last; the
+frames between two keyframes with a face get the linear interpolation of the two boxes (landmarks too),
+the boxes are then smoothed as before. Where a keyframe finds no face, or two keyframe boxes overlap
+by IoU < 0.5, the frames between it and its neighbouring keyframes are detected one by one
+(`detect_tracked`). Checked against per-frame detection in tests/media/test_tracking.py and
+benchmarks/crop.py (IoU >= 0.9 on every frame of the synthetic clips).
 
 Frames with no detection (documented policy): reuse the nearest earlier box; before the first
 detection, the nearest later box; in a clip with no detection at all, a centre crop (or a skip
@@ -167,8 +175,71 @@ def fill_missing(dets: list[Detection | None]) -> tuple[list[Detection | None], 
     return filled, sum(d is None for d in dets)
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes (..., 4) x0, y0, x1, y1, elementwise (broadcast)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+    area = lambda x: np.clip(x[..., 2] - x[..., 0], 0, None) * np.clip(x[..., 3] - x[..., 1], 0, None)  # noqa: E731
+    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
+
+
+# two keyframe boxes that overlap less than this are not one face moving smoothly (a jump, a cut, another
+# person): the frames between them are detected one by one instead of interpolated
+TRACK_MIN_IOU = 0.5
+
+
+def keyframes(n: int, every: int) -> list[int]:
+    """Every `every`-th frame index and the last one."""
+    keys = list(range(0, n, max(1, every)))
+    if n and keys[-1] != n - 1:
+        keys.append(n - 1)
+    return keys
+
+
+def _interpolate(da: Detection, db: Detection, frac: float) -> Detection:
+    box = ((1 - frac) * da.box + frac * db.box).astype(np.float32)
+    lm = None
+    if da.landmarks is not None and db.landmarks is not None:
+        lm = ((1 - frac) * da.landmarks + frac * db.landmarks).astype(np.float32)
+    return Detection(box, lm)
+
+
+def detect_tracked(detector, frames: np.ndarray, every: int = 1) -> tuple[list[Detection | None], np.ndarray]:
+    """Faces in every frame from detections on every `every`-th frame and the last (keyframes); the frames
+    between two keyframes that both found a face, overlapping by IoU >= TRACK_MIN_IOU, get the linear
+    interpolation of their boxes (and landmarks). Between a keyframe without a face (or a jump) and its
+    neighbouring keyframes every frame is detected, as with every=1. Returns the per-frame detections (None:
+    no face) and a per-frame flag array: 1 found by the detector, 2 interpolated, 0 no face. every=1 is
+    per-frame detection."""
+    n = len(frames)
+    if every <= 1 or n <= 2:
+        dets = detector.detect(frames)
+        return dets, np.array([d is not None for d in dets], np.uint8)
+    keys = keyframes(n, every)
+    dets: list[Detection | None] = [None] * n
+    how = np.zeros(n, np.uint8)
+    for i, d in zip(keys, detector.detect(frames[keys])):
+        dets[i] = d
+        how[i] = d is not None
+    for a, b in zip(keys[:-1], keys[1:]):
+        if b - a <= 1:
+            continue
+        da, db = dets[a], dets[b]
+        if da is not None and db is not None and float(box_iou(da.box, db.box)) >= TRACK_MIN_IOU:
+            for i in range(a + 1, b):
+                dets[i] = _interpolate(da, db, (i - a) / (b - a))
+                how[i] = 2
+        else:  # no face at a keyframe, or a jump: per-frame detection around it
+            for i, d in enumerate(detector.detect(frames[a + 1:b]), start=a + 1):
+                dets[i] = d
+                how[i] = d is not None
+    return dets, how
+
+
 def smooth_boxes(boxes: np.ndarray, alpha: float) -> np.ndarray:
-    """Exponential smoothing forward and backward (zero lag) of (N, 4) boxes."""
+    """Exponential smoothing forward and backward (zero lag) of (N, D) rows (boxes, centres, sizes)."""
     if alpha <= 0 or len(boxes) < 2:
         return boxes
     fwd = boxes.copy()
@@ -178,6 +249,23 @@ def smooth_boxes(boxes: np.ndarray, alpha: float) -> np.ndarray:
     for i in range(len(boxes) - 2, -1, -1):
         bwd[i] = alpha * bwd[i + 1] + (1 - alpha) * fwd[i]
     return bwd
+
+
+# a face's size changes far more slowly than its position, while a detector's size estimate is its noisiest
+# output (Haar: about 2.5% a frame, its scale steps); sizes are smoothed over a time constant this many times
+# the position's (alpha ** (1 / SIZE_TIME_FACTOR)), which keeps sparse detection (detect_every) and per-frame
+# detection within IoU 0.9 of each other on every frame (benchmarks/crop.py)
+SIZE_TIME_FACTOR = 8.0
+
+
+def smooth_track(boxes: np.ndarray, alpha: float) -> np.ndarray:
+    """Zero-lag smoothing of (N, 4) boxes: centres with `alpha`, widths and heights with
+    alpha ** (1 / SIZE_TIME_FACTOR) (a SIZE_TIME_FACTOR times longer time constant). alpha 0: none."""
+    if alpha <= 0 or len(boxes) < 2:
+        return boxes
+    centre = smooth_boxes((boxes[:, :2] + boxes[:, 2:]) / 2, alpha)
+    size = smooth_boxes(boxes[:, 2:] - boxes[:, :2], alpha ** (1.0 / SIZE_TIME_FACTOR))
+    return np.concatenate([centre - size / 2, centre + size / 2], 1).astype(boxes.dtype)
 
 
 # template positions (fractions of the crop) for the aligned crop: eyes and mouth centre
@@ -208,7 +296,7 @@ def crop_frames(frames: np.ndarray, dets: list[Detection | None], size: int, mar
     n, h, w = frames.shape[:3]
     centre = np.array([(w - min(w, h)) / 2, (h - min(w, h)) / 2, (w + min(w, h)) / 2, (h + min(w, h)) / 2], np.float32)
     boxes = np.stack([d.box if d is not None else centre for d in dets]) if n else np.zeros((0, 4), np.float32)
-    boxes = smooth_boxes(boxes.astype(np.float32), smooth)
+    boxes = smooth_track(boxes.astype(np.float32), smooth)
     crops = np.empty((n, size, size, 3), np.uint8)
     for i in range(n):
         d = dets[i]

@@ -47,27 +47,53 @@ def lengths_to_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
     return torch.arange(t, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def _padded(v: torch.Tensor, mv: torch.Tensor, k: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """v (B, Tv, D) -> (B, T + 2K, D) with [:, K + s] = v[:, s] (zeros outside); the mask alike."""
+    pad = k + max(0, t - v.shape[1])
+    return F.pad(v, (0, 0, k, pad))[:, : t + 2 * k], F.pad(mv, (k, pad))[:, : t + 2 * k]
+
+
 def _shifted(v: torch.Tensor, mv: torch.Tensor, k: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
     """v (B, Tv, D) -> (B, 2K+1, T, D) with [:, j, s] = v[:, s + tau_j], tau_j = j - K; masks alike."""
-    b, tv, d = v.shape
-    pad = k + max(0, t - tv)
-    vp = F.pad(v, (0, 0, k, pad))[:, : t + 2 * k]  # (B, T + 2K, D)
-    mp = F.pad(mv, (k, pad))[:, : t + 2 * k]
+    vp, mp = _padded(v, mv, k, t)  # (B, T + 2K, D)
     # unfold: windows of length T starting at 0..2K -> (B, S, D, T) views, no gather
     vs = vp.unfold(1, t, 1).permute(0, 1, 3, 2)
     ms = mp.unfold(1, t, 1)
     return vs, ms
 
 
+BAND_BLOCK = 32  # audio frames per block product in `band_cosines`
+
+
+def band_cosines(a: torch.Tensor, vp: torch.Tensor, k: int, block: int = BAND_BLOCK) -> torch.Tensor:
+    """cos[b, j, s] = a[b, s] . vp[b, s + j] for j = 0..2K (vp: v padded by K frames in front, `_padded`):
+    the 2K+1 diagonals of the frame-pair product a @ vp^T, from block products of `block` audio frames
+    against the block + 2K video frames they meet, (B, block, block + 2K) each: memory linear in the clip's
+    length (never an L x L matrix), computed in a's dtype (no autocast: as the elementwise form)."""
+    b, t, _ = a.shape
+    s = 2 * k + 1
+    parts = []
+    with torch.autocast(a.device.type, enabled=False):
+        for c in range(0, t, block):
+            w = min(block, t - c)
+            g = torch.bmm(a[:, c:c + w], vp[:, c:c + w + 2 * k].transpose(1, 2))  # (B, w, w + 2K), contiguous
+            # row i of the block holds its 2K+1 needed columns at i..i+2K: a strided view, no gather
+            parts.append(g.as_strided((b, w, s), (g.stride(0), g.stride(1) + 1, 1), g.storage_offset()))
+    return torch.cat(parts, 1).transpose(1, 2)  # (B, S, T)
+
+
 def shift_scores(a: torch.Tensor, v: torch.Tensor, ma: torch.Tensor, mv: torch.Tensor, k: int, window: int):
     """D_local and C_global for every offset: (B, 2K+1) each, plus the valid pair counts.
 
     a and v are unit vectors on valid frames (centre_normalise), so ||a - v|| = sqrt(2 - 2 cos). Only the
-    2K+1 needed diagonals of the frame-pair cosine matrix are computed, one offset at a time from a
-    shifted view of v, so memory grows linearly with clip length (never an L x L matrix)."""
+    2K+1 needed diagonals of the frame-pair cosine matrix are computed (`band_cosines`: block products),
+    so memory grows linearly with clip length (never an L x L matrix). (The elementwise form over a
+    (B, 2K+1, T, D) shifted view, indexed one offset at a time, made autograd zero-fill a whole such
+    gradient per offset: most of a training step's time; tests/test_precision.py holds the naive form.)"""
     t = a.shape[1]
-    vs, ms = _shifted(v.to(a.dtype), mv, k, t)  # (B, S, T, D) view, (B, S, T)
-    cos = torch.stack([(a * vs[:, j]).sum(-1) for j in range(vs.shape[1])], 1)  # (B, S, T): a(s) . v(s + tau_j)
+    vp, mp = _padded(v.to(a.dtype), mv, k, t)  # (B, T + 2K, D), (B, T + 2K)
+    ms = mp.unfold(1, t, 1)  # valid video frames per offset, a view                   (B, S, T)
+    cos = band_cosines(a, vp, k)  # (B, S, T): a(s) . v(s + tau_j)
     w = (ms & ma[:, None, :]).to(a.dtype)  # valid pairs                              (B, S, T)
     dist = torch.sqrt((2.0 - 2.0 * cos).clamp_min(1e-8))
     count = w.sum(-1)
@@ -142,13 +168,12 @@ class Aligner(nn.Module):
         pa, pv = out["pa"], out["pv"]  # zero on invalid frames (centre_normalise)
         b, t, _ = pa.shape
         vs, ms = _shifted(pv, mv, self.k, t)  # (B, S, T, D)
+        n_s = vs.shape[1]
         fa, wa = pa.reshape(b, -1), ma.to(pa.dtype)
-        scores = []
-        for j in range(vs.shape[1]):
-            num = fa @ vs[:, j].reshape(b, -1).T  # sum_t <a_i(t), v_k(t + tau_j)>   (B, B)
-            cnt = wa @ ms[:, j].to(pa.dtype).T  # valid pairs                      (B, B)
-            scores.append(num / cnt.clamp_min(1.0))
-        s = torch.stack(scores, -1)  # (B, B, S)
+        # all offsets in one product each: sum_t <a_i(t), v_k(t + tau_j)> and the valid pairs, (B, B, S)
+        num = (fa @ vs.reshape(b * n_s, -1).T).view(b, b, n_s)
+        cnt = (wa @ ms.reshape(b * n_s, -1).to(pa.dtype).T).view(b, b, n_s)
+        s = num / cnt.clamp_min(1.0)  # (B, B, S)
         best = self.temperature * torch.logsumexp(s / self.temperature, dim=-1)
         logits = best / tau
         target = torch.arange(b, device=pa.device)
@@ -157,12 +182,17 @@ class Aligner(nn.Module):
     @staticmethod
     def shift_video(v: torch.Tensor, mv: torch.Tensor, p: torch.Tensor, k: int, t: int):
         """The video moved onto the audio's timeline: v_aligned(t) = sum_tau p(tau) v(t + tau), normalised by
-        the weight that fell on valid frames, over the 2K+1 shifted views of v (memory linear in t);
-        returns (B, t, D) and the mask of frames that received any weight."""
+        the weight that fell on valid frames; returns (B, t, D) and the mask of frames that received any
+        weight. Computed as a depthwise 1-D correlation of the padded video with each clip's own p as the
+        kernel (memory linear in t, no (B, 2K+1, t, D) intermediate), in the promoted dtype, no autocast."""
         dt = torch.promote_types(v.dtype, p.dtype)  # bf16 features or autocast never meet an fp32 p
-        vs, ms = _shifted((v * mv[..., None].to(v.dtype)).to(dt), mv, k, t)  # (B, S, t, D), (B, S, t)
-        p = p.to(dt)
-        num = sum(p[:, j, None, None] * vs[:, j] for j in range(vs.shape[1]))  # sum_tau p(tau) v(t + tau)  (B, t, D)
-        den = sum(p[:, j, None] * ms[:, j] for j in range(ms.shape[1]))  # weight that landed on valid frames  (B, t)
+        b, _, d = v.shape
+        with torch.autocast(v.device.type, enabled=False):
+            vp, mp = _padded((v * mv[..., None].to(v.dtype)).to(dt), mv.to(dt), k, t)  # (B, t + 2K, D), (B, t + 2K)
+            p = p.to(dt)
+            # conv1d is a correlation: out[t] = sum_j w[j] x[t + j], with x[t + j] = v(t + tau_j)
+            num = F.conv1d(vp.transpose(1, 2).reshape(1, b * d, t + 2 * k), p.repeat_interleave(d, 0)[:, None],
+                           groups=b * d).view(b, d, t).transpose(1, 2)  # sum_tau p(tau) v(t + tau)  (B, t, D)
+            den = F.conv1d(mp[None], p[:, None], groups=b)[0]  # weight that landed on valid frames  (B, t)
         out = num / den[..., None].clamp_min(1e-6)
         return out, den > 1e-3

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from esva.data.instructions import (EMOTION_LLAMA_LABELS, FEATURE_SLOT, PHRASINGS, TASKS, TEMPLATE, VIDEO_SLOT,
@@ -284,13 +285,59 @@ def greedy_generate(model, embeds: torch.Tensor, attn: torch.Tensor, max_new_tok
                     pad_id: int) -> list[list[int]]:
     """Batched greedy decoding from `inputs_embeds` (B, T, H), left-padded, with a KV cache. Returns the
     new token ids per row, without the end-of-sequence token."""
+    first, cache, pos = _prefill(model, embeds, attn)
+    return _greedy(model, first, cache, attn, pos, max_new_tokens, eos_id, pad_id)
+
+
+@torch.no_grad()
+def greedy_generate_scored(model, embeds: torch.Tensor, attn: torch.Tensor, max_new_tokens: int, eos_id: int,
+                           pad_id: int, answers: list[list[int]]) -> tuple[list[list[int]], float, int]:
+    """greedy_generate, and the cross-entropy of given `answers` (token ids after each row's prompt, e.g. the gold
+    answer and its end token) from the same pass over the prompts: the prefill's last logits score each answer's
+    first token, and the answers fed through the prompts' KV cache (cut back to the prompts after decoding)
+    score the rest. Returns (generated ids as greedy_generate, summed negative log-likelihood, scored tokens):
+    the teacher-forced loss of prompt + answer in one sequence, without a second pass over the prompts."""
+    first, cache, pos = _prefill(model, embeds, attn)
+    gen = _greedy(model, first, cache, attn, pos, max_new_tokens, eos_id, pad_id)
+    b, n_prompt = attn.shape
+    a = max((len(x) for x in answers), default=0)
+    if a == 0:
+        return gen, 0.0, 0
+    ids = torch.full((b, a), pad_id, dtype=torch.long, device=attn.device)
+    mask = torch.zeros((b, a), dtype=attn.dtype, device=attn.device)
+    for i, x in enumerate(answers):
+        ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[i, : len(x)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    nll = F.cross_entropy(first.float(), labels[:, 0], ignore_index=-100, reduction="sum")
+    if a > 1:  # answer tokens 0..a-2 after the prompt predict tokens 1..a-1; padding at the end is never attended
+        extra = cache.get_seq_length() - n_prompt  # the decoded tokens
+        if extra > 0:
+            cache.crop(-extra)  # a negative count removes that many (the form old and new transformers share)
+        steps = torch.arange(1, a, device=attn.device)[None]
+        out = model(inputs_embeds=model.get_input_embeddings()(ids[:, :-1]), attention_mask=torch.cat([attn, mask[:, :-1]], 1),
+                    position_ids=pos[:, -1:] + steps, cache=cache, use_cache=True)
+        logits = out.logits.float()
+        nll = nll + F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100,
+                                    reduction="sum")
+    return gen, float(nll), int(mask.sum())
+
+
+def _prefill(model, embeds: torch.Tensor, attn: torch.Tensor):
+    """The prompts' pass: the last position's logits (B, V), the KV cache and the position ids."""
     from transformers import DynamicCache
 
-    emb = model.get_input_embeddings()
     cache = DynamicCache(config=model.config)
     pos = positions(attn)
-    out = model(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, cache=cache, use_cache=True)
-    nxt = out.logits[:, -1].argmax(-1)  # (B,)
+    out = model(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, cache=cache, use_cache=True,
+                logits_to_keep=1)  # only the last position's logits are used
+    return out.logits[:, -1], cache, pos
+
+
+def _greedy(model, first: torch.Tensor, cache, attn: torch.Tensor, pos: torch.Tensor, max_new_tokens: int, eos_id: int,
+            pad_id: int) -> list[list[int]]:
+    emb = model.get_input_embeddings()
+    nxt = first.argmax(-1)  # (B,)
     done = torch.zeros_like(nxt, dtype=torch.bool)
     steps: list[torch.Tensor] = []
     for step in range(max_new_tokens):
@@ -303,6 +350,6 @@ def greedy_generate(model, embeds: torch.Tensor, attn: torch.Tensor, max_new_tok
         out = model(inputs_embeds=emb(nxt[:, None]), attention_mask=attn, position_ids=pos, cache=cache,
                     use_cache=True)
         nxt = out.logits[:, -1].argmax(-1)
-    seqs = torch.stack(steps, 1).tolist() if steps else [[] for _ in range(embeds.shape[0])]
+    seqs = torch.stack(steps, 1).tolist() if steps else [[] for _ in range(first.shape[0])]
     return [[t for t in row[: row.index(eos_id)] if t != pad_id] if eos_id in row else [t for t in row if t != pad_id]
             for row in seqs]

@@ -5,7 +5,8 @@ checkpointing, bf16 autocast where the hardware runs it natively. Trainable: the
 LoRA adapters, and (with `tune.train_stage1`) MSFE and the aligner; the base LLM never changes.
 The loss is next-token cross-entropy on the answer only (labels are -100 on the prompt and on the
 modality tokens). Each epoch is scored on the validation split (answer loss, and label accuracy of
-greedy answers); the best epoch's weights are kept and written as soon as they are found.
+greedy answers; `validate`: the emotion prompts run once for both); the best epoch's weights are kept and
+written as soon as they are found.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from esva.eval.metrics import discrete_scores
 from esva.encoders.base import checkpoint_identity
 from esva.precision import autocast, resolve_device, weights_dtype
 from esva.models.fusion import FusionClassifier
-from esva.models.llm import (LlmError, PromptCodec, activation_checkpointing, add_lora, context_length, greedy_generate, load_base,
-                             resolve_base, splice)
+from esva.models.llm import (LlmError, PromptCodec, activation_checkpointing, add_lora, context_length, greedy_generate,
+                             greedy_generate_scored, load_base, resolve_base, splice)
 from esva.models.projector import EXTRA, NEEDS, Projector, stage1_streams
 from esva.train.resume import Checkpointer, rng_state, set_rng_state
 from esva.train.stage1 import Clip, FeatureData, TrainError, collate, load_stage1
@@ -348,8 +349,8 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, len(train_df)))
     m.llm, m.projector, opt = accel.prepare(m.llm, m.projector, opt)
     to_device(m, accel.device)  # stage 1, the batches and the cached streams follow the prepared models
-    val_samples = _val_samples(val_df, listed)
     val_emotion = eval_samples(val_df, "emotion", listed)
+    val_others = [s for s in _val_samples(val_df, listed) if s.task != "emotion"]  # the reason answers (loss only)
     history, best, best_state, best_epoch, step, tokens, best_answers = [], None, None, 0, 0, 0, []
     start_epoch, start_i, losses, step_losses = 1, 0, [], []
     saved = resume.load() if resume is not None else None
@@ -409,9 +410,7 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
             if (resume is not None and resume.due(step) and accel.sync_gradients
                     and i + cfg.batch_size < len(samples)):
                 resume.save(state(epoch, i + cfg.batch_size))
-        val_loss = _mean_loss(m, by_id, val_samples, cfg.eval_batch_size)
-        answers = m.generate([by_id[s.clip_id] for s in val_emotion], val_emotion, cfg.eval_batch_size,
-                             ANSWER_TOKENS["emotion"])
+        val_loss, answers = validate(m, by_id, val_emotion, val_others, cfg.eval_batch_size, ANSWER_TOKENS["emotion"])
         gold = [s.target for s in val_emotion]  # a validation label outside the vocabulary is scored, as wrong
         val = discrete_scores(gold, [parse_label(a, vocab) for a in answers], vocab + tuple(sorted(set(gold) - set(vocab))))
         rec = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
@@ -435,15 +434,35 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
 
 
 @torch.no_grad()
-def _mean_loss(m: Stage2, by_id: dict[str, Clip], samples: list[Instruction], batch_size: int) -> float:
+def validate(m: Stage2, by_id: dict[str, Clip], emotion: list[Instruction], others: list[Instruction],
+             batch_size: int, n_new: int) -> tuple[float, list[str]]:
+    """The epoch's validation: the answer loss over `emotion` + `others` (token-weighted, one mean, as training
+    computes it) and the greedy answers to `emotion` (at most n_new tokens). The emotion prompts are run once
+    for both: generation and the teacher-forced loss of the gold answers share the prompts' pass and KV cache
+    (`greedy_generate_scored`); before, the loss pass and generation each ran over every prompt. `others` (the
+    reason answers) are scored as in training."""
     m.llm.eval()
     m.projector.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(samples), batch_size):
-        part = samples[i:i + batch_size]
+    m.stage1.eval()
+    n_new = min(n_new, m.codec.max_new_tokens)
+    total, count, answers = 0.0, 0, []
+    for i in range(0, len(emotion), batch_size):
+        part = emotion[i:i + batch_size]
+        gold = []
+        for s in part:  # the answer tokens training scores (cut to tune.answer_tokens, then the end token)
+            e = m.codec.encode(s, with_answer=True)
+            gold.append(e.ids[e.n_prompt:])
+        with autocast(str(m.device), m.dtype):
+            b = m.inputs([by_id[s.clip_id] for s in part], part, with_answer=False)
+            ids, nll, n = greedy_generate_scored(m.llm, b["inputs_embeds"], b["attention_mask"], n_new,
+                                                 m.codec.eos_id, m.codec.pad_id, gold)
+        answers += [m.tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids]
+        total, count = total + nll, count + n
+    for i in range(0, len(others), batch_size):
+        part = others[i:i + batch_size]
         loss, n = m.loss([by_id[s.clip_id] for s in part], part, grad=False)
         total, count = total + float(loss) * n, count + n
-    return total / max(count, 1)
+    return total / max(count, 1), answers
 
 
 # ----------------------------------------------------------------------------- save / load

@@ -10,14 +10,14 @@ import numpy as np
 from esva import __version__
 from esva.config import CropConfig, config_hash
 from esva.provenance import clip_digest, code_digest
-from esva.media.faces import crop_frames, fill_missing, make_detector
+from esva.media.faces import crop_frames, detect_tracked, fill_missing, make_detector
 from esva.store import FieldSpec, RaggedWriter
 from esva.store import open as open_store
 from pipeline.common import Rate, StageReport, log, ordered_map, progress
 
 PARAMS = ("crop",)  # the params keys this stage reads (pipeline/deps.py; dvc.yaml lists exactly these)
 
-OUTPUT_KEYS = ("size", "margin", "smooth", "min_face_ratio", "skip_if_no_face")
+OUTPUT_KEYS = ("size", "margin", "smooth", "detect_every", "min_face_ratio", "skip_if_no_face")
 PRODUCER = ("esva.media.faces",)  # the code that computes a clip's crops (the stage's own glue below too)
 
 
@@ -45,7 +45,10 @@ def run(cfg: CropConfig, decoded: Path, out: Path, metrics_dir: Path | None = Pa
     attrs = {"stage": "crop", "corpus": corpus, "backend": backend, "size": cfg.size, "margin": cfg.margin,
              "fps": src.attrs.get("fps"), "layout": "NHWC RGB", "params": cfg.model_dump(mode="json"),
              "params_hash": config_hash(cfg), "code_version": __version__, "code_digest": code, "decoded": str(decoded),
-             "no_face_policy": "nearest earlier box, else nearest later box, else centre crop"}
+             "no_face_policy": "nearest earlier box, else nearest later box, else centre crop",
+             "detect_every": cfg.detect_every,
+             "tracking": "detector on every detect_every-th frame and the last; boxes linearly interpolated between "
+                         "two keyframes with a face (IoU >= 0.5), else per-frame detection between them"}
     local = threading.local()
     workers = 1 if backend == "face_alignment" else cfg.workers
 
@@ -58,7 +61,8 @@ def run(cfg: CropConfig, decoded: Path, out: Path, metrics_dir: Path | None = Pa
         frames = src.read(cid, ["frames"])["frames"]
         if len(frames) == 0:
             raise NoFace("no_frames", "the decoded clip has no frames")
-        dets = detector().detect(frames)
+        # detector on every crop.detect_every-th frame, boxes interpolated between (esva.media.faces.detect_tracked)
+        dets, how = detect_tracked(detector(), frames, cfg.detect_every)
         n_det = sum(d is not None for d in dets)
         ratio = n_det / len(frames)
         if n_det == 0 and cfg.skip_if_no_face:
@@ -67,8 +71,9 @@ def run(cfg: CropConfig, decoded: Path, out: Path, metrics_dir: Path | None = Pa
             raise NoFace("few_faces", f"face in {ratio:.1%} of frames < crop.min_face_ratio={cfg.min_face_ratio}")
         filled, n_missing = fill_missing(dets)
         crops, boxes = crop_frames(frames, filled, cfg.size, cfg.margin, cfg.smooth)
-        detected = np.array([d is not None for d in dets], np.uint8)
+        detected = np.array([d is not None for d in dets], np.uint8)  # a face: found, or between two found
         return crops, boxes, detected, {"n_frames": len(frames), "detected": n_det, "filled": n_missing,
+                                        "detector_runs": int((how == 1).sum()), "interpolated": int((how == 2).sum()),
                                         "centre_crop": n_det == 0, "fps": src.meta(cid).get("fps")}
 
     with RaggedWriter(out, fields, attrs, fp, digests=digests) as writer:
@@ -113,6 +118,8 @@ def run(cfg: CropConfig, decoded: Path, out: Path, metrics_dir: Path | None = Pa
         "face_detection_rate": round(det / frames, 4) if frames else 0.0,
         "frames_filled_from_neighbours": sum(m["filled"] for m in metas) - sum(m["n_frames"] for m in metas if m["centre_crop"]),
         "clips_centre_cropped": sum(bool(m["centre_crop"]) for m in metas),
+        "detect_every": cfg.detect_every,
+        "frames_interpolated": sum(int(m.get("interpolated", 0)) for m in metas),
     })
     log.info("crop: face detection rate %.3f over %d frames (%s)", report.extra["face_detection_rate"], frames, backend)
     if metrics_dir is not None:
