@@ -284,7 +284,7 @@ class TrainConfig(Strict):
     # the ablation rows (`esva train --variant`): repeated stratified k-fold cross-validation on the training
     # clips (esva/train/cv.py), cv_seeds seeds (train.seed, +1, ...) x cv_folds folds; cv_folds 0 = off
     cv_seeds: int = Field(5, ge=1)
-    cv_folds: int = Field(5, ge=0)
+    cv_folds: int = Field(0, ge=0)
     cv_val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
 
     @model_validator(mode="after")

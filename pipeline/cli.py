@@ -314,7 +314,7 @@ def sync_baseline(out: Annotated[Path, typer.Option(help="reference metrics file
                   faces: Annotated[Path, typer.Option(help="face store")] = Path("data/interim/faces.zarr"),
                   manifest: Annotated[Path, typer.Option(help="manifest with offset_ms")] = Path("data/manifest.parquet"),
                   params: ParamsOpt = None, set_: SetOpt = None) -> None:
-    """The alignment reference: plain cross-correlation of audio energy and mouth motion (params align.max_shift)."""
+    """The alignment baselines: predict-zero, the oracle, and cross-correlations of audio energy with mouth opening and with mouth motion (params align.max_shift)."""
     from pipeline.stages import sync as stage
 
     stage.run(_stage_params(stage, params, set_).align.max_shift, decoded, faces, manifest, out)
