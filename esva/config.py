@@ -281,16 +281,21 @@ class TrainConfig(Strict):
     feature_cache_mb: int = Field(512, ge=0)  # features streamed from the stores through a cache of this size
     max_skip_ratio: float = Field(0.1, ge=0.0, le=1.0)
     checkpoint_every: int = Field(50, ge=0)  # steps between resumable checkpoints (and every epoch end); 0 = off
-    # the ablation rows (`esva train --variant`): repeated stratified k-fold cross-validation on the training
-    # clips (esva/train/cv.py), cv_seeds seeds (train.seed, +1, ...) x cv_folds folds; cv_folds 0 = off
-    cv_seeds: int = Field(5, ge=1)
-    cv_folds: int = Field(0, ge=0)
-    cv_val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+
+
+class AblateConfig(Strict):
+    """The ablation rows' statistics (`esva train --variant`; only the ablate stage reads them): repeated
+    stratified k-fold cross-validation on the training clips (esva/train/cv.py), `seeds` seeds (train.seed,
+    +1, ...) x `folds` folds; folds 0 = off (one run on the manifest's split, no interval)."""
+
+    seeds: int = Field(5, ge=1)
+    folds: int = Field(0, ge=0)
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
 
     @model_validator(mode="after")
-    def _folds(self) -> "TrainConfig":
-        if self.cv_folds == 1:
-            raise ValueError("train.cv_folds: 0 (off) or at least 2")
+    def _folds(self) -> "AblateConfig":
+        if self.folds == 1:
+            raise ValueError("ablate.folds: 0 (off) or at least 2")
         return self
 
 
@@ -445,6 +450,7 @@ class Params(Strict):
     contrast: ContrastConfig = ContrastConfig()
     align: AlignConfig = AlignConfig()
     train: TrainConfig = TrainConfig()
+    ablate: AblateConfig = AblateConfig()
     llm: LlmConfig = LlmConfig()
     tune: TuneConfig = TuneConfig()
     evaluate: EvaluateConfig = EvaluateConfig()

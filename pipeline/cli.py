@@ -222,7 +222,11 @@ def train(out: Annotated[Path, typer.Option(help="model folder (safetensors + re
     """Stage 1: MSFE + alignment + fusion on cached features (params msfe, contrast, align, train, features.use)."""
     from pipeline.stages import train as stage
 
-    stage.run(_stage_params(stage, params, set_), manifest, features, out, metrics, variant=variant, reference=reference)
+    from esva.config import restrict
+
+    keys = stage.ABLATE_PARAMS if variant else stage.PARAMS  # the ablate stage also reads `ablate`
+    p = restrict(_params(params, set_), keys, "ablate" if variant else "train")
+    stage.run(p, manifest, features, out, metrics, variant=variant, reference=reference)
 
 
 @app.command()

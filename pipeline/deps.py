@@ -32,7 +32,7 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "evaluate": ("pipeline.stages.evaluate",), "report": ("pipeline.stages.report",),
 }
 # a stage whose params are not its modules' PARAMS: the module attribute that declares them
-STAGE_PARAMS: dict[str, str] = {"ingest-source": "SOURCE_PARAMS"}
+STAGE_PARAMS: dict[str, str] = {"ingest-source": "SOURCE_PARAMS", "ablate": "ABLATE_PARAMS"}
 
 # stages that `--write` emits whole (data deps, outs, comments), their code deps and params filled in as for
 # every stage: one ingest stage per data.sources entry (a foreach over the params list, so adding a source

@@ -354,7 +354,7 @@ def merr(root: Path, dataset: str, labels: Iterable[str], language: str = "engli
                 continue
             first = listed.get(parts[0])
             if first is not None and first[0] != path.name:
-                if parts[2].lower() == first[2].lower():
+                if ALIASES.get(parts[2].lower(), parts[2].lower()) == ALIASES.get(first[2].lower(), first[2].lower()):
                     b.result.notes["in_several_files"] += 1
                 else:
                     b.result.n_in += 1

@@ -42,10 +42,9 @@ _SCORE_FORM = "Reply in the form 'Score': <score>; 'Reason': <reason>, with the 
 
 CLUE_PROMPT = (
     "Below are a reference description of a person in a video and a predicted description of the same person. "
-    "Score the predicted description from 1 to 10 in these steps:\n"
-    "1. Sum up the emotional states of the person that the reference description expresses.\n"
-    "2. Sum up the emotional states of the person that the predicted description expresses.\n"
-    "3. Judge how much the predicted description overlaps the reference: the more overlap, the higher the score.\n"
+    "Score the predicted description from 1 to 10: first sum up the emotional states of the person that the "
+    "reference description expresses, then those that the predicted description expresses, and judge how much "
+    "they overlap; the more overlap, the higher the score.\n"  # unnumbered: the score is the reply's first number
     f"{_SCORE_FORM}\n\n"
     "Reference description: {reference}\n\n"
     "Predicted description: {prediction}\n\n"

@@ -83,7 +83,7 @@ def load_official(folder: str | Path) -> PerSampleGrouping:
 
 def official_ov_scores(names: Sequence[str], gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]],
                        grouping: PerSampleGrouping) -> dict:
-    acc, rec, empty, missing = [], [], 0, []
+    acc, rec, empty, missing, ungrouped = [], [], 0, [], 0
     for name, g, p in zip(names, gold, pred):
         table = grouping.tables.get(str(name))
         if table is None:
@@ -91,6 +91,7 @@ def official_ov_scores(names: Sequence[str], gold: Sequence[Sequence[str]], pred
             continue
         gs = {table.get(w, w) for w in (x.strip().lower() for x in g) if w}
         ps = {table.get(w, w) for w in (x.strip().lower() for x in p) if w}
+        ungrouped += sum(w not in table for w in {x.strip().lower() for x in p if x.strip()})
         if not ps:
             empty += 1
             acc.append(0.0)
@@ -105,6 +106,8 @@ def official_ov_scores(names: Sequence[str], gold: Sequence[Sequence[str]], pred
     a, r = float(np.mean(acc)), float(np.mean(rec))
     return {"n": len(acc), "accuracy": a, "recall": r, "avg": (a + r) / 2, "grouping": grouping.name,
             "empty_predictions": empty, "not_scored_no_grouping": len(missing),
+            # predicted words the grouping does not hold: the groupings were made for other predictions
+            "predicted_words_without_group": ungrouped,
             "scoring": "official MER2024-OV rule on the official per-sample groupings"}
 
 
@@ -132,12 +135,15 @@ def clean_reply(text: str) -> str:
 def write_groupings(names: Sequence[str], gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]],
                     out: str | Path, post: Post) -> dict:
     """Ask `post` for each sample's synonym grouping and write `out/<name>.npy` (a 0-d unicode array, what
-    `load_official` reads). A name whose file exists is skipped. Every sample is tried; if any failed
+    `load_official` reads). A name whose file exists is skipped only when its groups hold every word of the
+    sample's gold and predicted labels now: a grouping made for other predictions (a retuned model) is
+    asked for again, never reused, since a new word outside it would score as no synonym of anything
+    (`stale_regrouped` counts them). Every sample is tried; if any failed
     (endpoint error, or a reply with no list), a `GroupingError` lists them after the others are written,
     and a rerun resumes with just those."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = skipped = 0
+    written = skipped = stale = 0
     failed: list[str] = []
     for name, g, p in zip(names, gold, pred):
         name = str(name)
@@ -145,8 +151,16 @@ def write_groupings(names: Sequence[str], gold: Sequence[Sequence[str]], pred: S
             raise GroupingError(f"sample name {name!r} cannot be a grouping file name")
         dest = out / f"{name}.npy"
         if dest.exists():
-            skipped += 1
-            continue
+            words = {w.strip().lower() for w in [*g, *p] if w.strip()}
+            try:
+                have = {w.strip().lower() for grp in parse_groups(str(np.load(dest, allow_pickle=False).reshape(()).item()))
+                        for w in grp}
+            except (OSError, ValueError):
+                have = set()
+            if words <= have:
+                skipped += 1
+                continue
+            stale += 1
         try:
             reply = clean_reply(post(grouping_messages(g, p)))
         except EndpointError as exc:
@@ -163,4 +177,4 @@ def write_groupings(names: Sequence[str], gold: Sequence[Sequence[str]], pred: S
     if failed:
         raise GroupingError(f"{len(failed)} of {len(names)} samples got no grouping (kept {written} new files in "
                             f"{out}; rerun to resume): " + "; ".join(failed[:3]))
-    return {"written": written, "skipped_existing": skipped, "folder": str(out)}
+    return {"written": written, "skipped_existing": skipped, "stale_regrouped": stale, "folder": str(out)}

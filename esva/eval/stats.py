@@ -224,10 +224,11 @@ def constant_predictor_scores(gold_counts: Mapping[str, int]) -> dict[str, tuple
 
 def degenerate(pred_labels: Sequence | None = None, best_epoch: int | None = None, *,
                weighted_f1: float | None = None, accuracy: float | None = None,
-               gold_counts: Mapping[str, int] | None = None, tol: float = 1e-9) -> str | None:
+               gold_counts: Mapping[str, int] | None = None, tol: float = 1e-9, first_epoch: int = 1) -> str | None:
     """Why a run is not a result, or None. A run is degenerate when its predictions collapse to one class,
-    or when its best epoch is its first (the validation score never improved: the model that was kept is
-    the one after one epoch). Without stored predictions, a weighted F1 and accuracy that both equal a
+    or when its best epoch is its first scored one, `first_epoch` (the validation score never improved: the
+    model that was kept is the one after one epoch; stage 1 scores no epoch of the aligner's warm-up, so its
+    first is `align.warmup_epochs + 1` with alignment on). Without stored predictions, a weighted F1 and accuracy that both equal a
     constant predictor's (given the gold counts) count as a collapse."""
     reasons = []
     if pred_labels is not None:
@@ -241,8 +242,8 @@ def degenerate(pred_labels: Sequence | None = None, best_epoch: int | None = Non
         if hits:
             reasons.append(f"F1 {weighted_f1:.4f} and accuracy {accuracy:.4f} are exactly those of always predicting "
                            f"one class ({hits[0]!r}" + (" or another" if len(hits) > 1 else "") + ")")
-    if best_epoch is not None and int(best_epoch) == 1:
-        reasons.append("best epoch is 1 (validation never improved after the first epoch)")
+    if best_epoch is not None and int(best_epoch) == int(first_epoch):
+        reasons.append(f"best epoch is {int(best_epoch)}, the first scored one (validation never improved after it)")
     return "; ".join(reasons) or None
 
 

@@ -119,9 +119,10 @@ def _from_seeds(rs: RunStats, d: dict, runs: list[dict], labels: list | None) ->
         f1s.append(stats.weighted_f1(gold, pred))
         accs.append(sum(g == q for g, q in zip(gold, pred)) / len(gold))
         reasons = [stats.degenerate(pred)]
-        first = sorted(r.get("fold", 0) for r in runs if str(r.get("seed")) == s and r.get("best_epoch") == 1)
+        first = sorted(r.get("fold", 0) for r in runs if str(r.get("seed")) == s
+                       and r.get("best_epoch") == r.get("first_scored_epoch", 1))
         if first:
-            reasons.append(f"{stats.degenerate(best_epoch=1)} in fold{'s' if len(first) > 1 else ''} "
+            reasons.append(f"the best epoch is the first scored one in fold{'s' if len(first) > 1 else ''} "
                            + ", ".join(map(str, first)))
         reasons = [r for r in reasons if r]
         if reasons:
@@ -161,7 +162,7 @@ def stage1_stats(d: dict | None, variant: str | None = None, fallback: dict | No
         counts = fallback["counts"]
         _baselines(rs, counts, len(fallback.get("labels") or []) or None, fallback["source"])
     rs.degenerate = stats.degenerate(None, d.get("best_epoch"), weighted_f1=rs.f1, accuracy=rs.accuracy,
-                                     gold_counts=counts)
+                                     gold_counts=counts, first_epoch=d.get("first_scored_epoch", 1))
     return rs
 
 
@@ -339,6 +340,11 @@ def table3(m: dict, paper: dict) -> list[str]:
         else:
             rows.append([r["row"], "not run", "not run", "not run", "not run", _paper(v["Clue Overlap"]),
                          _paper(v["Label Overlap"])])
+    if emer and emer.get("clue_overlap_judge") is not None:  # the official procedure, on the paper's scale
+        ok = emer.get("judge_n", emer.get("n"))
+        rows.append(["ESVA (judged)", f"{model}; judge `{emer.get('judge_model')}`, official two-step procedure, "
+                     f"{ok} judged, {emer.get('judge_failed', 0)} failed", _f(emer.get("clue_overlap_judge"), 2),
+                     _f(emer.get("label_overlap_judge"), 2), corpus_of(emer), "(see the ESVA row)", "(see the ESVA row)"])
     if emer and emer.get("clue_overlap_proxy_mismatched") is not None:
         rows.append(["reference vs another clip's reference", "the proxy's floor (no model)",
                      _f(emer["clue_overlap_proxy_mismatched"], 2) + " (proxy)", "—", corpus_of(emer),
@@ -351,6 +357,17 @@ def table3(m: dict, paper: dict) -> list[str]:
             "`clue_overlap_proxy` (10 x cosine of all-MiniLM-L6-v2 embeddings of the reference and generated "
             "explanations) and `label_overlap_proxy` (emotion words found with the synonym lexicon), which are not "
             "on the judge's scale." if emer else "`esva evaluate` has not run.", ""]
+    cal = (emer or {}).get("calibration") or {}
+    parts = []
+    for key, name in (("clue_overlap_proxy", "clue overlap"), ("label_overlap_proxy", "label overlap")):
+        c = cal.get(key)
+        if c and all(c.get(k) is not None for k in ("floor", "paraphrase", "ceiling", "model")):
+            pos = c.get("position")
+            parts.append(f"{name}: another clip's reference {_f(c['floor'], 2)}, a paraphrase {_f(c['paraphrase'], 2)}, "
+                         f"the reference itself {_f(c['ceiling'], 2)}; this run {_f(c['model'], 2)}"
+                         + (f" (position {pos:.2f} between floor 0 and ceiling 1)" if pos is not None else ""))
+    if parts:
+        out += ["Where the proxies put this run, calibrated on the corpus's own references: " + "; ".join(parts) + ".", ""]
     return out
 
 

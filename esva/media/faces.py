@@ -206,21 +206,32 @@ def _interpolate(da: Detection, db: Detection, frac: float) -> Detection:
     return Detection(box, lm)
 
 
-def detect_tracked(detector, frames: np.ndarray, every: int = 1) -> tuple[list[Detection | None], np.ndarray]:
+def detect_tracked(detector, frames: np.ndarray, every: int = 1,
+                   stats: dict | None = None) -> tuple[list[Detection | None], np.ndarray]:
     """Faces in every frame from detections on every `every`-th frame and the last (keyframes); the frames
     between two keyframes that both found a face, overlapping by IoU >= TRACK_MIN_IOU, get the linear
     interpolation of their boxes (and landmarks). Between a keyframe without a face (or a jump) and its
     neighbouring keyframes every frame is detected, as with every=1. Returns the per-frame detections (None:
     no face) and a per-frame flag array: 1 found by the detector, 2 interpolated, 0 no face. every=1 is
-    per-frame detection."""
+    per-frame detection. A fallback run starts at the keyframe before it, so a detector that follows one face
+    within a call (Haar's `prev`) keeps following the person it found there, as per-frame detection does.
+    `stats`, when given, gets `detector_calls`: the frames the detector ran on."""
     n = len(frames)
+    if stats is not None:
+        stats["detector_calls"] = 0
+
+    def run(batch):
+        if stats is not None:
+            stats["detector_calls"] += len(batch)
+        return detector.detect(batch)
+
     if every <= 1 or n <= 2:
-        dets = detector.detect(frames)
+        dets = run(frames)
         return dets, np.array([d is not None for d in dets], np.uint8)
     keys = keyframes(n, every)
     dets: list[Detection | None] = [None] * n
     how = np.zeros(n, np.uint8)
-    for i, d in zip(keys, detector.detect(frames[keys])):
+    for i, d in zip(keys, run(frames[keys])):
         dets[i] = d
         how[i] = d is not None
     for a, b in zip(keys[:-1], keys[1:]):
@@ -231,10 +242,12 @@ def detect_tracked(detector, frames: np.ndarray, every: int = 1) -> tuple[list[D
             for i in range(a + 1, b):
                 dets[i] = _interpolate(da, db, (i - a) / (b - a))
                 how[i] = 2
-        else:  # no face at a keyframe, or a jump: per-frame detection around it
-            for i, d in enumerate(detector.detect(frames[a + 1:b]), start=a + 1):
-                dets[i] = d
-                how[i] = d is not None
+        else:  # no face at a keyframe, or a jump: per-frame detection around it, from the keyframe's face
+            start = a if da is not None else a + 1
+            for i, d in enumerate(run(frames[start:b]), start=start):
+                if i > a:
+                    dets[i] = d
+                    how[i] = d is not None
     return dets, how
 
 

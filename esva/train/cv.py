@@ -61,7 +61,7 @@ def views(data: FeatureData, folds: int, seed: int, val_fraction: float):
     thin = [data.labels[i] for i, n in enumerate(counts) if 0 < n < folds]
     if thin:
         raise TrainError(f"cross-validation with {folds} folds needs at least {folds} clips of each label; "
-                         f"{thin} have fewer (lower train.cv_folds)")
+                         f"{thin} have fewer (lower ablate.folds)")
     fid = fold_ids(labels, ids, folds, seed)
     for k in range(folds):
         rest = [i for i in range(len(pool)) if fid[i] != k]
@@ -90,7 +90,9 @@ def cross_validate(data: FeatureData, use, msfe_cfg, contrast_cfg, align_cfg, tr
             out = predict(res.model, test, use, cfg.batch_size, dtype=res.dtype)
             for cid, p in zip(out["clip_ids"], out["probs"].argmax(-1)):
                 pred[cid] = data.labels[int(p)]
-            rec = {"seed": int(seed), "fold": k, "best_epoch": res.best_epoch, "epochs_run": len(res.history),
+            first = (align_cfg.warmup_epochs if res.model.aligner is not None else 0) + 1  # no warm-up epoch is scored
+            rec = {"seed": int(seed), "fold": k, "best_epoch": res.best_epoch, "first_scored_epoch": first,
+                   "epochs_run": len(res.history),
                    "stopped_early": res.stopped_early, "n_train": len(view.split("train")),
                    "n_val": len(view.split("val")), "test": scores(test, out, data.labels)}
             runs.append(rec)

@@ -278,7 +278,9 @@ def _validate(model: FusionClassifier, clips: list[Clip], use, batch_size: int, 
         batch = _to(collate(part, use), device)
         with autocast(str(device), dtype):
             out = model(batch)
-            loss = compute_losses(model, out, batch, cfgs)["loss"] if len(part) >= 2 else None  # contrast needs a pair
+            # contrast needs a pair; a clip whose label no training clip has (-2) is scored, as wrong, but has no loss
+            loss = compute_losses(model, out, batch, cfgs)["loss"] \
+                if len(part) >= 2 and all(c.label >= 0 for c in part) else None
         probs.append(out["logits"].float().softmax(-1).cpu())
         if loss is not None:
             losses.append(loss.item())

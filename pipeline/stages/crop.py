@@ -62,7 +62,8 @@ def run(cfg: CropConfig, decoded: Path, out: Path, metrics_dir: Path | None = Pa
         if len(frames) == 0:
             raise NoFace("no_frames", "the decoded clip has no frames")
         # detector on every crop.detect_every-th frame, boxes interpolated between (esva.media.faces.detect_tracked)
-        dets, how = detect_tracked(detector(), frames, cfg.detect_every)
+        calls: dict = {}
+        dets, how = detect_tracked(detector(), frames, cfg.detect_every, calls)
         n_det = sum(d is not None for d in dets)
         ratio = n_det / len(frames)
         if n_det == 0 and cfg.skip_if_no_face:
@@ -73,7 +74,7 @@ def run(cfg: CropConfig, decoded: Path, out: Path, metrics_dir: Path | None = Pa
         crops, boxes = crop_frames(frames, filled, cfg.size, cfg.margin, cfg.smooth)
         detected = np.array([d is not None for d in dets], np.uint8)  # a face: found, or between two found
         return crops, boxes, detected, {"n_frames": len(frames), "detected": n_det, "filled": n_missing,
-                                        "detector_runs": int((how == 1).sum()), "interpolated": int((how == 2).sum()),
+                                        "detector_runs": calls["detector_calls"], "interpolated": int((how == 2).sum()),
                                         "centre_crop": n_det == 0, "fps": src.meta(cid).get("fps")}
 
     with RaggedWriter(out, fields, attrs, fp, digests=digests) as writer:

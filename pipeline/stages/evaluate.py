@@ -73,7 +73,10 @@ def score(role: str, preds: pd.DataFrame, gold: pd.DataFrame, grouping, embed=No
         grouping = offline()
     refs = [str(r) for r in gold["reason"]]
     gold_labels = [list(v) + ([lab] if isinstance(lab, str) and lab else []) for v, lab in zip(gold["ov_labels"], gold["label"])]
-    out = {"label_overlap_proxy": label_overlap_proxy(gold_labels, answers, grouping)["label_overlap_proxy"],
+    labelled = [i for i, g in enumerate(gold_labels) if g]  # EMER v2 ships no labels: no label proxy, not a 0
+    out = {"label_overlap_proxy": label_overlap_proxy([gold_labels[i] for i in labelled], [answers[i] for i in labelled],
+                                                      grouping)["label_overlap_proxy"] if labelled else None,
+           "label_overlap_proxy_n": len(labelled),
            "clue_overlap_proxy": clue_overlap_proxy(refs, answers, embed)["clue_overlap_proxy"] if embed else None,
            "proxy_note": "offline proxies, not EMER's ChatGPT judge: label overlap from emotion words "
                          f"({grouping.name} lexicon), clue overlap = 10 x cosine of all-MiniLM-L6-v2 embeddings",
@@ -84,6 +87,8 @@ def score(role: str, preds: pd.DataFrame, gold: pd.DataFrame, grouping, embed=No
 
     out["calibration"] = emer_calibration(refs, answers, gold_labels, grouping, embed,
                                           [lab if isinstance(lab, str) and lab else None for lab in gold["label"]])
+    if not labelled:
+        out["calibration"]["label_overlap_proxy"] = None
     if judge is not None:
         from esva.eval.judge import JudgeError
 

@@ -22,6 +22,7 @@ from esva.train.stage1 import alignment_scores, load_features, predict, scored_o
 from pipeline.common import log
 
 PARAMS = ("features.use", "msfe", "contrast", "align", "train")  # the params keys this stage reads (pipeline/deps.py)
+ABLATE_PARAMS = PARAMS + ("ablate",)  # with --variant (the ablate stage): also the cross-validation settings
 
 # The ablations of Tables 5 and 6, as params overrides on the same feature cache.
 VARIANTS: dict[str, list[str]] = {
@@ -51,7 +52,7 @@ def variant_params(p: Params, name: str) -> Params:
     if name not in VARIANTS:
         raise ConfigError(f"unknown variant {name!r}; choose from {list(VARIANTS)}")
     tree = apply_overrides(p.model_dump(mode="python"), VARIANTS[name])
-    return restrict(Params.model_validate(tree), PARAMS, "train")  # still held to the keys it declares
+    return restrict(Params.model_validate(tree), ABLATE_PARAMS, "ablate")  # still held to the keys it declares
 
 
 def _curves(out_dir: Path):
@@ -74,8 +75,8 @@ def run(p: Params, manifest: Path, features_dir: Path, out: Path, metrics_dir: P
         raise ConfigError(f"train: {len(data.skipped)} of {len(df)} clips lack a label or features "
                           f"({lost:.1%} > train.max_skip_ratio={p.train.max_skip_ratio}), e.g. "
                           f"{list(data.skipped.items())[:5]}")
-    if variant and p.train.cv_folds >= 2:  # a corpus too small for the folds stops here, before any training
-        next(views(data, p.train.cv_folds, p.train.seed, p.train.cv_val_fraction))
+    if variant and p.ablate.folds >= 2:  # a corpus too small for the folds stops here, before any training
+        next(views(data, p.ablate.folds, p.train.seed, p.ablate.val_fraction))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     resolved = {"variant": variant, "use": list(use), "labels": list(data.labels), "dims": data.dims, "rates": data.rates,
@@ -125,16 +126,18 @@ def run(p: Params, manifest: Path, features_dir: Path, out: Path, metrics_dir: P
         # effective switches: MSFE needs hubert, alignment needs hubert and align.video in features.use
         "msfe": result.model.msfe is not None and result.model.msfe.enabled,
         "align": result.model.aligner is not None, "test": test_scores, "val": val_scores,
-        "precision": precision, "best_epoch": result.best_epoch, "epochs_run": len(result.history), "stopped_early": result.stopped_early,
+        "precision": precision, "best_epoch": result.best_epoch,
+        "first_scored_epoch": (p.align.warmup_epochs if result.model.aligner is not None else 0) + 1,  # after the warm-up
+        "epochs_run": len(result.history), "stopped_early": result.stopped_early,
         "clips": {"train": len(data.split("train")), "val": len(data.split("val")), "test": len(test),
                   "skipped": len(data.skipped)},
         "msfe_scale_weights": (result.model.msfe.scale_weights.detach().tolist()
                                if result.model.msfe is not None and p.msfe.enabled else None),
         "alignment": align,
     }
-    if variant and p.train.cv_folds >= 2:  # the ablation row's statistics: seeds x folds on the training clips
-        seeds = [p.train.seed + i for i in range(p.train.cv_seeds)]
-        total = len(seeds) * p.train.cv_folds
+    if variant and p.ablate.folds >= 2:  # the ablation row's statistics: seeds x folds on the training clips
+        seeds = [p.train.seed + i for i in range(p.ablate.seeds)]
+        total = len(seeds) * p.ablate.folds
 
         def on_run(rec):
             log.info("train [%s] cross-validation %d/%d (seed %d, fold %d): held-out weighted F1 %.4f, best epoch %d",
@@ -143,8 +146,9 @@ def run(p: Params, manifest: Path, features_dir: Path, out: Path, metrics_dir: P
 
         done: list[dict] = []
         summary["model"] = "stage-1 fusion classifier"
-        summary.update(cross_validate(data, use, p.msfe, p.contrast, p.align, p.train, seeds, p.train.cv_folds,
-                                      p.train.cv_val_fraction, on_run=on_run))
+        summary.update(cross_validate(data, use, p.msfe, p.contrast, p.align, p.train, seeds, p.ablate.folds,
+                                      p.ablate.val_fraction, on_run=on_run))
+        summary["split"] = f"{p.ablate.folds}-fold cross-validation on the training clips"
     if metrics_dir is not None:
         metrics_dir = Path(metrics_dir)
         if variant:

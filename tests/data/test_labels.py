@@ -10,7 +10,7 @@ from esva.config import AlignConfig, ContrastConfig, MsfeConfig, TrainConfig
 from esva.data.instructions import eval_samples, instruction_labels, lenient_label, parse_label, training_samples
 from esva.data.manifest import to_frame
 from esva.eval.metrics import discrete_scores
-from esva.train.stage1 import Clip, FeatureData, TrainError, scores, train
+from esva.train.stage1 import Clip, FeatureData, TrainError, predict, scores, train
 
 
 def test_vocabulary_follows_the_training_rows_in_a_fixed_order():
@@ -119,3 +119,19 @@ def test_stage2_chooses_no_epoch_without_validation_clips(tmp_path):
                     "dataset": "merr"} for c in data.clips])
     with pytest.raises(TrainError, match="stage 2: the validation split is empty"):
         tune(data, df, tmp_path / "stage1", tmp_path / "llm", TuneConfig())
+
+
+def test_validation_labels_outside_the_training_vocabulary_are_scored_as_wrong():
+    data = _nine_label_data()
+    for c in data.clips:  # no training clip is doubt any more: the vocabulary loses it, the val clip keeps it
+        if c.gold == "doubt" and c.split == "train":
+            c.split = "unused"
+    data.labels = tuple(lab for lab in data.labels if lab != "doubt")
+    for c in data.clips:
+        c.label = data.labels.index(c.gold) if c.gold in data.labels else -2
+    res = train(data, ("text",), **CFGS)  # no crash on the -2 label in the validation loss
+    val = data.split("val")
+    s = scores(val, predict(res.model, val, ("text",), 8, "cpu"), data.labels)
+    assert s["n"] == 9 and "doubt" in s["label_set"]
+    doubt = [c for c in val if c.gold == "doubt"]
+    assert scores(doubt, predict(res.model, doubt, ("text",), 8, "cpu"), data.labels)["accuracy"] == 0.0

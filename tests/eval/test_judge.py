@@ -158,7 +158,8 @@ def test_grouping_writer_is_resumable_and_reproduces_the_official_scores(tmp_pat
         return replies[key]
 
     out = tmp_path / "openset-synonym"
-    assert write_groupings(names, gold, pred, out, post) == {"written": 2, "skipped_existing": 0, "folder": str(out)}
+    assert write_groupings(names, gold, pred, out, post) == {"written": 2, "skipped_existing": 0, "stale_regrouped": 0,
+                                                             "folder": str(out)}
     assert sorted(p.name for p in out.iterdir()) == ["s1.npy", "s2.npy"]  # no temp files left
     arr = np.load(out / "s1.npy", allow_pickle=False)
     assert arr.shape == () and arr.dtype.kind == "U" and str(arr) == "[['doubt', 'question'], ['satisfied']]"
@@ -170,7 +171,16 @@ def test_grouping_writer_is_resumable_and_reproduces_the_official_scores(tmp_pat
     res = official_ov_scores(names, gold, pred, load_official(out))
     # s1: G={doubt, satisfied} P={doubt}: acc 1, rec 1/2; s2: G={happy, excited} P={happy, calm}: acc 1/2, rec 1/2
     assert res["n"] == 2 and res["accuracy"] == pytest.approx(0.75) and res["recall"] == pytest.approx(0.5)
-    assert res["avg"] == pytest.approx(0.625)
+    assert res["avg"] == pytest.approx(0.625) and res["predicted_words_without_group"] == 0
+
+    # a retuned model predicts a word s1's grouping does not hold: s1 is asked again, never scored on the old file
+    replies["['doubt', 'satisfied', 'suspicious']"] = "[['doubt', 'suspicious'], ['satisfied']]"
+    new = [["suspicious"], ["Joyful", "calm"]]
+    stale = official_ov_scores(names, gold, new, load_official(out))
+    assert stale["predicted_words_without_group"] == 1  # what scoring on stale groupings would have hidden
+    assert write_groupings(names, gold, new, out, post)["stale_regrouped"] == 1 and len(asked) == 3
+    fresh = official_ov_scores(names, gold, new, load_official(out))
+    assert fresh["predicted_words_without_group"] == 0 and fresh["accuracy"] == pytest.approx(0.75)
 
 
 def test_grouping_writer_failures_write_nothing_and_resume(tmp_path):
@@ -189,7 +199,7 @@ def test_grouping_writer_failures_write_nothing_and_resume(tmp_path):
     with pytest.raises(GroupingError, match=r"2 of 3 .*timed out.*Sorry") as err:
         write_groupings(*args, flaky)
     assert "rerun to resume" in str(err.value) and [p.name for p in out.glob("*.npy")] == ["c.npy"]
-    assert write_groupings(*args, flaky) == {"written": 2, "skipped_existing": 1, "folder": str(out)}
+    assert write_groupings(*args, flaky) == {"written": 2, "skipped_existing": 1, "stale_regrouped": 0, "folder": str(out)}
     assert len(calls) == 5 and sorted(p.name for p in out.iterdir()) == ["a.npy", "b.npy", "c.npy"]
     with pytest.raises(GroupingError, match="cannot be a grouping file name"):
         write_groupings(["../x"], [["sad"]], [["sad"]], out, flaky)

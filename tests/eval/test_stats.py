@@ -145,7 +145,10 @@ def test_chance_matches_a_uniform_guesser_on_many_clips():
 def test_degenerate_flag():
     assert stats.degenerate(["happy"] * 5) == "predicts one class ('happy') for all 5 clips"
     assert stats.degenerate(["happy", "sad"], best_epoch=1) == \
-        "best epoch is 1 (validation never improved after the first epoch)"
+        "best epoch is 1, the first scored one (validation never improved after it)"
+    # with the aligner's 20 warm-up epochs, the first scored epoch is 21
+    assert stats.degenerate(["happy", "sad"], best_epoch=21, first_epoch=21).startswith("best epoch is 21, the first")
+    assert stats.degenerate(["happy", "sad"], best_epoch=1, first_epoch=21) is None
     both = stats.degenerate([None] * 3, best_epoch=1)
     assert "one class ('<invalid>')" in both and "best epoch is 1" in both
     assert stats.degenerate(["happy", "sad"], best_epoch=2) is None

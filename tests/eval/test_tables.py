@@ -66,7 +66,7 @@ def test_multi_seed_rows_mean_interval_and_paired_test(multi_seed_metrics):
     assert "distinguishable from noise" in worse[4] and "not distinguishable" not in worse[4]
     assert worse[2] == "0.0000" and worse[5].endswith("(F1)")
     flagged = _row(text, sec, "no MSFE, no alignment")
-    assert "over 5 seeds; degenerate in 1 of 5 seeds: seed 2: best epoch is 1" in flagged[3]
+    assert "over 5 seeds; degenerate in 1 of 5 seeds: seed 2: the best epoch is the first scored one in fold" in flagged[3]
     assert "fold" in flagged[3] and flagged[2] != "—"
 
 
@@ -80,7 +80,7 @@ def test_collapsed_and_first_epoch_runs_print_degenerate(multi_seed_metrics):
                                "test": {"weighted_f1": 0.18, "accuracy": 0.25, "n": 36}}}
     text = tables.build_report({"ablation": single}, PAPER)
     row = _row(text, "## Table 2", "VideoMAE")
-    assert row[3] == "degenerate: best epoch is 1 (validation never improved after the first epoch)"
+    assert row[3] == "degenerate: best epoch is 1, the first scored one (validation never improved after it)"
     assert "0.18" not in " ".join(row[3:5])
 
 

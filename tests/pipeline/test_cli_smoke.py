@@ -194,10 +194,10 @@ def test_train_and_an_ablation_through_the_cli(chain):
     assert (d / "stage1" / "model.safetensors").exists()
     cfg = json.loads((d / "stage1" / "config.json").read_text())
     assert cfg["msfe"]["scales"] == 3 and cfg["use"] == ["hubert", "mae", "videomae", "eva", "text"]
-    # six clips, one per label, cannot be cross-validated: the error says so, and cv_folds=0 runs the one split
-    res = esva("train", "--variant", "no_align", "--out", str(d / "abl"), *common, "--set", "train.cv_folds=5")
-    assert res.exit_code == 2 and "lower train.cv_folds" in res.output
-    res = esva("train", "--variant", "no_align", "--out", str(d / "abl"), *common)  # cv_folds 0: the default
+    # six clips, one per label, cannot be cross-validated: the error says so, and ablate.folds=0 runs the one split
+    res = esva("train", "--variant", "no_align", "--out", str(d / "abl"), *common, "--set", "ablate.folds=5")
+    assert res.exit_code == 2 and "lower ablate.folds" in res.output
+    res = esva("train", "--variant", "no_align", "--out", str(d / "abl"), *common)  # ablate.folds 0: the default
     assert res.exit_code == 0, res.output
     row = json.loads((d / "m" / "ablation" / "no_align.json").read_text())
     assert row["variant"] == "no_align" and row["align"] is False and row["corpus"] == "synthetic"

@@ -56,7 +56,7 @@ def test_views_partition_the_training_clips_and_never_touch_evaluation_clips():
 
 
 def test_too_few_clips_of_a_label_for_the_folds_is_an_error_naming_it():
-    with pytest.raises(TrainError, match=r"at least 8 clips of each label.*lower train.cv_folds"):
+    with pytest.raises(TrainError, match=r"at least 8 clips of each label.*lower ablate.folds"):
         next(views(_data(), 8, 0, 0.2))
 
 
