@@ -35,3 +35,13 @@ def synth_corpus(tmp_path_factory, tiny_synth_cfg):
     out = tmp_path_factory.mktemp("synth")
     synth.run(tiny_synth_cfg, out / "raw", out / "metrics")
     return out / "raw"
+
+
+def hold_out_for_validation(manifest: Path, n: int = 1) -> None:
+    """Give the first `n` rows of a small test manifest the role `val`: both stages choose epochs on
+    validation clips only, and six clips, one per label, leave nothing for ingest's stratified carving."""
+    from esva.data.manifest import read_manifest, write_manifest
+
+    df = read_manifest(manifest)
+    df.loc[df.index[:n], "role"] = "val"
+    write_manifest(df, manifest)

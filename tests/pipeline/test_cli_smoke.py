@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from esva.store import open as open_store
 from pipeline.cli import app
+from tests.conftest import hold_out_for_validation
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -46,13 +47,7 @@ def chain(tmp_path_factory):
         "ingest": esva("ingest", "--params", p, "--dataset", "synthetic", "--root", str(d / "raw"), "--out",
                        str(d / "manifest.parquet"), "--metrics", str(d / "m")),
     }
-    # one clip validates (the stages choose epochs on validation clips only; six clips, one per label, leave
-    # nothing for ingest's stratified carving, so the role is set here as params would set it)
-    from esva.data.manifest import read_manifest, write_manifest
-
-    df = read_manifest(d / "manifest.parquet")
-    df.loc[df.index[0], "role"] = "val"
-    write_manifest(df, d / "manifest.parquet")
+    hold_out_for_validation(d / "manifest.parquet")  # one clip validates (tests/conftest.py)
     results |= {
         "decode": esva("decode", "--params", p, "--manifest", str(d / "manifest.parquet"), "--out",
                        str(d / "decoded.zarr"), "--metrics", str(d / "m")),

@@ -156,10 +156,8 @@ def dvc_repo(tmp_path, monkeypatch):
     params["tune"].update(epochs=1, lora_r=4, audio_tokens=2, video_tokens=2, max_new_tokens=16)
     # the default roles: train on synthetic:train, validate on synthetic:val, evaluate on synthetic:test
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (repo / ".gitignore").write_text("/data/\n__pycache__/\n")
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", DVC_SITE_CACHE_DIR=str(tmp_path / "site"),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    (repo / ".gitignore").write_text("/data/\n__pycache__/\n/.venv\n")
+    env = dict(run_env(repo), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     dvc = str(Path(sys.executable).parent / "dvc")
     run = lambda *a: subprocess.run([dvc, *a], cwd=repo, env=env, capture_output=True, text=True)  # noqa: E731
     git = lambda *a: subprocess.run(["git", *a], cwd=repo, env=env, capture_output=True, text=True, check=True)  # noqa: E731
@@ -207,6 +205,15 @@ def test_repro_then_nothing_to_do_and_only_downstream_reruns(dvc_repo):
     mer = [m["data"] for m in _find(json.loads(shown.stdout), "metrics/mer2023.json") if "data" in m]
     assert len(mer) >= 2 and all("weighted_f1" in m for m in mer)  # its benchmark metrics side by side
     git("checkout", "-q", "--", ".")  # back to the committed workspace
+    # the README's commands after `make demo`, verbatim, in this project with the suite's .venv as its own
+    block = _readme_block("After `make demo`, the commands live in `.venv`:")
+    assert "dvc exp run -S msfe.scales=4" in block and "source .venv/bin/activate" in block
+    (repo / ".venv").symlink_to(Path(sys.executable).parent.parent, target_is_directory=True)
+    readme = subprocess.run(["bash", "-e", "-c", block], cwd=repo, capture_output=True, text=True,
+                            env={k: v for k, v in run_env(repo).items() if k != "VIRTUAL_ENV"})
+    assert readme.returncode == 0, readme.stdout + readme.stderr
+    assert "msfe.scales" in readme.stdout and (repo / "metrics" / "tables.md").exists()
+    git("checkout", "-q", "--", ".")
     # an encoder's own params rerun that encoder and what reads it
     params["features"]["mae"]["pool"] = "cls"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -220,6 +227,20 @@ def test_repro_then_nothing_to_do_and_only_downstream_reruns(dvc_repo):
     assert fourth.returncode == 0, fourth.stdout + fourth.stderr
     assert _ran(fourth.stdout) == {"crop", "extract@mae", "extract@videomae", "extract@eva", "sync-baseline", "train",
                                    "tune", "evaluate", "report"}
+
+
+def _readme_block(after: str) -> str:
+    """The first ```bash block after the line `after` in README.md."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    rest = text[text.index(after):]
+    start = rest.index("```bash\n") + len("```bash\n")
+    return rest[start:rest.index("```", start)]
+
+
+def run_env(repo: Path) -> dict[str, str]:
+    """What the project's dvc commands run with in these tests (no analytics, a private site cache)."""
+    return dict(os.environ, DVC_NO_ANALYTICS="1", DVC_SITE_CACHE_DIR=str(repo.parent / "site"),
+                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
 
 
 def test_ablation_stage_lists_every_variant():

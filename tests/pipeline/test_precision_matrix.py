@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from esva.store import open as open_store
 from pipeline.cli import app
+from tests.conftest import hold_out_for_validation
 
 ROOT = Path(__file__).resolve().parents[2]
 ENCODERS = ("hubert", "mae", "videomae", "eva", "text")
@@ -44,6 +45,7 @@ def media(tmp_path_factory):
          "--set", "synth.max_seconds=1.4", "--out", str(d / "raw"), "--metrics", str(d / "m"))
     esva("ingest", *p, "--dataset", "synthetic", "--root", str(d / "raw"), "--out", str(d / "manifest.parquet"),
          "--metrics", str(d / "m"))
+    hold_out_for_validation(d / "manifest.parquet")  # one clip validates (tests/conftest.py)
     esva("decode", *p, "--manifest", str(d / "manifest.parquet"), "--out", str(d / "decoded.zarr"), "--metrics", str(d / "m"))
     esva("crop", *p, "--decoded", str(d / "decoded.zarr"), "--out", str(d / "faces.zarr"), "--metrics", str(d / "m"))
     return d
