@@ -410,8 +410,19 @@ def _run(args, work: Path, cuda: bool, t_start: float) -> dict:
                                      f"synth.min_seconds={args.min_seconds}", f"synth.max_seconds={args.max_seconds}"),
                   "--out", str(work / "raw"), "--metrics", str(m)], (),
         lambda _: {"report": _pick(read_json(m / "synth.json"), ("clips_in", "done"))})
-    cli("ingest", ["ingest", *p, "--dataset", "synthetic", "--root", str(work / "raw"), "--out", str(manifest),
-                   "--metrics", str(m)], ("synth",))
+    def hold_out():  # one clip validates: both stages choose epochs on validation clips only, and a few clips,
+        # one per label, leave nothing for ingest's stratified carving
+        from esva.data.manifest import read_manifest, write_manifest
+
+        esva(["ingest", *p, "--dataset", "synthetic", "--root", str(work / "raw"), "--out", str(manifest),
+              "--metrics", str(m)])
+        df = read_manifest(manifest)
+        df.loc[df.index[0], "role"] = "val"
+        write_manifest(df, manifest)
+
+    r.run("ingest", hold_out, ("synth",), command=shlex.join(["esva", "ingest", *p, "--dataset", "synthetic", "--root",
+                                                               str(work / "raw"), "--out", str(manifest)])
+          + " (then one clip's role set to val)")
     cli("decode", ["decode", *p, "--manifest", str(manifest), "--out", str(decoded), "--metrics", str(m)], ("ingest",),
         lambda _: {"report": _pick(read_json(m / "decode.json"), ("clips_in", "done"))})
     cli("crop", ["crop", *p, "--decoded", str(decoded), "--out", str(faces), "--metrics", str(m)], ("decode",),
