@@ -45,3 +45,18 @@ def hold_out_for_validation(manifest: Path, n: int = 1) -> None:
     df = read_manifest(manifest)
     df.loc[df.index[:n], "role"] = "val"
     write_manifest(df, manifest)
+
+
+@pytest.fixture(scope="session")
+def synth_decoded(tmp_path_factory, synth_corpus):
+    """The session's six synthetic clips through ingest and decode, once per session: a folder with
+    m.parquet (the manifest) and decoded.zarr. Tests that write next to them copy nothing: they write
+    their own stores elsewhere."""
+    from esva.config import DecodeConfig, IngestConfig, Source
+    from pipeline.stages import decode, ingest
+
+    d = tmp_path_factory.mktemp("decoded")
+    ingest.run(IngestConfig(), (Source(name="synthetic", adapter="synthetic", root=str(synth_corpus)),),
+               d / "m.parquet", None)
+    decode.run(DecodeConfig(workers=1), d / "m.parquet", d / "decoded.zarr", None)
+    return d

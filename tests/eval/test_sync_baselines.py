@@ -97,15 +97,15 @@ def test_energy_windows_are_centred_on_the_frame_timestamps():
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory, synth_corpus):
-    """The session's six synthetic clips through ingest, decode and crop (one per label, |offset| <= 200 ms)."""
-    from esva.config import CropConfig, DecodeConfig, IngestConfig, Source
-    from pipeline.stages import crop, decode, ingest
+def stores(tmp_path_factory, synth_decoded):
+    """The session's six synthetic clips (decoded once, tests/conftest.py) cropped here (one per label,
+    |offset| <= 200 ms): a folder with m.parquet, decoded.zarr and faces.zarr."""
+    from esva.config import CropConfig
+    from pipeline.stages import crop
 
     d = tmp_path_factory.mktemp("sync")
-    ingest.run(IngestConfig(), (Source(name="synthetic", adapter="synthetic", root=str(synth_corpus)),),
-               d / "m.parquet", None)
-    decode.run(DecodeConfig(workers=1), d / "m.parquet", d / "decoded.zarr", None)
+    for name in ("m.parquet", "decoded.zarr"):
+        (d / name).symlink_to(synth_decoded / name)
     crop.run(CropConfig(workers=1), d / "decoded.zarr", d / "faces.zarr", None)
     return d
 

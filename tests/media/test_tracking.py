@@ -5,7 +5,7 @@ has no face."""
 import numpy as np
 import pytest
 
-from esva.config import CropConfig, DecodeConfig, IngestConfig, Source, SynthConfig
+from esva.config import CropConfig, SynthConfig
 from esva.data.synthetic import mouth_track, render_frames, sample_spec
 from esva.media.faces import Detection, HaarDetector, box_iou, crop_frames, detect_tracked, fill_missing, keyframes
 from esva.store import open as open_store
@@ -97,14 +97,8 @@ def test_detect_every_one_is_per_frame_detection():
 
 
 @pytest.fixture(scope="module")
-def decoded_synth(tmp_path_factory, synth_corpus):
-    from pipeline.stages import decode, ingest
-
-    d = tmp_path_factory.mktemp("track")
-    ingest.run(IngestConfig(), (Source(name="synthetic", adapter="synthetic", root=str(synth_corpus)),),
-               d / "m.parquet", None)
-    decode.run(DecodeConfig(workers=1), d / "m.parquet", d / "decoded.zarr", None)
-    return d
+def decoded_synth(synth_decoded):
+    return synth_decoded  # the session's decoded clips (tests/conftest.py); the test writes its face stores beside them
 
 
 def test_crop_stage_with_detect_every_matches_per_frame_boxes(decoded_synth):
