@@ -284,11 +284,14 @@ class TrainConfig(Strict):
 
 
 class AblateConfig(Strict):
-    """The ablation rows' statistics (`esva train --variant`; only the ablate stage reads them): repeated
-    stratified k-fold cross-validation on the training clips (esva/train/cv.py), `seeds` seeds (train.seed,
-    +1, ...) x `folds` folds; folds 0 = off (one run on the manifest's split, no interval)."""
+    """The ablation rows' statistics (`esva train --variant`; only the ablate stage reads them), over `seeds`
+    training seeds (train.seed, +1, ...; `encoder_seeds` for Table 5's encoder rows): with folds 0, each
+    seed trains on the manifest's split and predicts its test clips (esva.train.cv.repeat_seeds; 1 seed: one
+    run, no interval over seeds); with folds >= 2, repeated stratified k-fold cross-validation on the training
+    clips, seeds x folds trainings."""
 
     seeds: int = Field(5, ge=1)
+    encoder_seeds: int = Field(1, ge=1)  # the same for Table 5's encoder rows (variants enc_*)
     folds: int = Field(0, ge=0)
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
 

@@ -10,6 +10,7 @@ output does not depend on how much padding its batch added. `msfe.enabled: false
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -41,6 +42,7 @@ class MSFE(nn.Module):
         self.inp = nn.Linear(dim, h)
         self.branches = nn.ModuleList(
             nn.Conv1d(h, h, k, padding=(k - 1) // 2 * cfg.dilation, dilation=cfg.dilation) for k in self.kernels)
+        self.pad, self.dilation = (max(self.kernels) - 1) // 2 * cfg.dilation, cfg.dilation
         self.scale_logits = nn.Parameter(torch.zeros(len(self.kernels)))  # w = softmax(logits), eq. 1
         self.act = nn.GELU()
         self.drop = nn.Dropout(cfg.dropout)
@@ -52,13 +54,29 @@ class MSFE(nn.Module):
     def scale_weights(self) -> torch.Tensor:
         return torch.softmax(self.scale_logits, 0) if self.enabled else torch.ones(0)
 
+    def fused_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """sum_i w_i * phi_i as one convolution: each branch's kernel centred in the widest one's length and
+        weighted by w_i, the biases alike. Convolution is linear in its kernel, so this is eq. 1 exactly
+        (same padding and dilation), at the cost of the widest branch alone instead of all of them; a
+        test checks it against the branches run one by one (`branchwise`)."""
+        w = self.scale_weights
+        kmax = max(self.kernels)
+        weight = sum(w[i] * F.pad(b.weight, ((kmax - k) // 2, (kmax - k) // 2))
+                     for i, (b, k) in enumerate(zip(self.branches, self.kernels)))
+        bias = sum(w[i] * b.bias for i, b in enumerate(self.branches))
+        return weight, bias
+
+    def branchwise(self, h: torch.Tensor) -> torch.Tensor:
+        """eq. 1 as written, one convolution per scale (the reference for `fused_kernel`)."""
+        w = self.scale_weights
+        return sum(w[i] * branch(h) for i, branch in enumerate(self.branches))
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x (B, T, D), mask (B, T) bool of valid frames -> (B, T, D)."""
         if not self.enabled:
             return x
         m = mask[..., None].to(x.dtype)
         h = (self.inp(x) * m).transpose(1, 2)  # (B, H, T), padding zeroed
-        w = self.scale_weights
-        mixed = sum(w[i] * branch(h) for i, branch in enumerate(self.branches))  # eq. 1
+        mixed = F.conv1d(h, *self.fused_kernel(), padding=self.pad, dilation=self.dilation)  # eq. 1
         y = self.out(self.drop(self.act(mixed.transpose(1, 2))))
         return (x + y) * m

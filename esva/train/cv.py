@@ -1,4 +1,9 @@
-"""Repeated, stratified k-fold cross-validation of the stage-1 classifier (the ablation rows).
+"""The ablation rows' statistics: training seeds on the manifest's split (`repeat_seeds`, the default), or
+repeated, stratified k-fold cross-validation of the stage-1 classifier (`cross_validate`, ablate.folds >= 2).
+
+`repeat_seeds` trains the variant once per seed on the run's own train/val split and predicts the same test
+clips each time: every seed's predictions on the shared clips give the interval over seeds and the paired
+test against the full model (esva.eval.stats, esva.eval.tables), at seeds trainings per variant.
 
 One held-out test fold of 36 clips cannot tell variants apart (one clip moves F1 by 2.8 points), so each
 ablation variant is trained `seeds x folds` times on the run's *training* clips (roles `train` and `val`;
@@ -72,6 +77,41 @@ def views(data: FeatureData, folds: int, seed: int, val_fraction: float):
         yield k, dataclasses.replace(data, clips=clips)
 
 
+def _record(res, align_cfg, seed: int, view: FeatureData, test, out, labels, fold: int | None = None) -> dict:
+    first = (align_cfg.warmup_epochs if res.model.aligner is not None else 0) + 1  # no warm-up epoch is scored
+    rec = {"seed": int(seed), "best_epoch": res.best_epoch, "first_scored_epoch": first,
+           "epochs_run": len(res.history), "stopped_early": res.stopped_early, "n_train": len(view.split("train")),
+           "n_val": len(view.split("val")), "test": scores(test, out, labels)}
+    return rec if fold is None else {"seed": int(seed), "fold": fold, **{k: v for k, v in rec.items() if k != "seed"}}
+
+
+def repeat_seeds(data: FeatureData, use, msfe_cfg, contrast_cfg, align_cfg, train_cfg, seeds: list[int],
+                 first=None, on_run: Callable[[dict], None] | None = None) -> dict:
+    """One training per seed on `data`'s own train/val split, each predicting its test clips (labelled
+    ones only). `first`: the TrainResult already trained with seeds[0] (the stage's saved model), reused.
+    Returns the runs and, per seed, one predicted label per test clip (sorted by clip id)."""
+    test = sorted((c for c in data.split("test") if c.label != -1), key=lambda c: c.clip_id)
+    if not test:
+        raise TrainError("ablation seeds: the run has no labelled test clips to score the seeds on")
+    gold = [c.gold if c.gold is not None else data.labels[c.label] for c in test]
+    runs, by_seed = [], {}
+    for i, seed in enumerate(seeds):
+        cfg = train_cfg.model_copy(update={"seed": int(seed)})
+        res = first if (i == 0 and first is not None) else train(data, use, msfe_cfg, contrast_cfg, align_cfg, cfg)
+        out = predict(res.model, test, use, cfg.batch_size, dtype=res.dtype)
+        by_seed[str(seed)] = [data.labels[int(p)] for p in out["probs"].argmax(-1)]
+        rec = _record(res, align_cfg, seed, data, test, out, data.labels)
+        runs.append(rec)
+        if on_run:
+            on_run(rec)
+    return {"design": {"kind": "seeds", "seeds": [int(s) for s in seeds],
+                       "pool": "the run's own split: each seed trains on the training clips, chooses its epoch on "
+                               "the validation clips and predicts the same test clips",
+                       "n_clips": len(test), "n_predictions": len(test) * len(seeds)},
+            "runs": runs,
+            "predictions": {"clip_ids": [c.clip_id for c in test], "gold": gold, "by_seed": by_seed}}
+
+
 def cross_validate(data: FeatureData, use, msfe_cfg, contrast_cfg, align_cfg, train_cfg, seeds: list[int],
                    folds: int, val_fraction: float,
                    on_run: Callable[[dict], None] | None = None) -> dict:
@@ -90,11 +130,7 @@ def cross_validate(data: FeatureData, use, msfe_cfg, contrast_cfg, align_cfg, tr
             out = predict(res.model, test, use, cfg.batch_size, dtype=res.dtype)
             for cid, p in zip(out["clip_ids"], out["probs"].argmax(-1)):
                 pred[cid] = data.labels[int(p)]
-            first = (align_cfg.warmup_epochs if res.model.aligner is not None else 0) + 1  # no warm-up epoch is scored
-            rec = {"seed": int(seed), "fold": k, "best_epoch": res.best_epoch, "first_scored_epoch": first,
-                   "epochs_run": len(res.history),
-                   "stopped_early": res.stopped_early, "n_train": len(view.split("train")),
-                   "n_val": len(view.split("val")), "test": scores(test, out, data.labels)}
+            rec = _record(res, align_cfg, seed, view, test, out, data.labels, fold=k)
             runs.append(rec)
             if on_run:
                 on_run(rec)

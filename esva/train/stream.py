@@ -27,7 +27,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (glibc's malloc.h)
-HEAP_MMAP_THRESHOLD = 128 << 10  # glibc's own initial mmap and trim thresholds, here kept fixed
+HEAP_MMAP_THRESHOLD = 4 << 20  # the mmap and trim thresholds, kept fixed (glibc starts at 128 KiB, then moves them)
 
 
 def bound_heap(threshold: int = HEAP_MMAP_THRESHOLD) -> bool:
@@ -42,8 +42,13 @@ def bound_heap(threshold: int = HEAP_MMAP_THRESHOLD) -> bool:
     `esva train` (benchmarks.memory's stores, one epoch after one warm-up epoch): at 300 clips a 1.8 GB heap
     with 0.5-0.6 GB in use, peak RSS 2.44 GB; at 3,000 clips a 2.3-3.0 GB heap with 0.9-1.2 GB in use, peak
     3.63 GB. With the thresholds fixed (mallopt(3) then never adjusts them): 1.64 GB and 2.06 GB, RSS
-    following the memory in use. The price is a page fault for each page of a new large block (system
-    time; glibc no longer recycles those pages)."""
+    following the memory in use. The price is a page fault for each page of a new mapped block (system
+    time; glibc does not recycle those pages). At glibc's initial 128 KiB every activation of a demo-size
+    training step (32 clips x 252 HuBERT frames x 64: 2 MiB) was mapped and unmapped: 1.8 million page
+    faults and nearly half the time of a stage-1 epoch on 2 threads (1.26 s against 0.70 s at 4 MiB, and
+    a peak RSS of 0.66 against 0.75 GB; `benchmarks.stage1_speed` records the allocator's cost). So
+    the default is 4 MiB: a step's activations come from the heap, reused batch after batch, while larger
+    blocks (a big batch, a long clip at paper size) are still mapped and given back."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:

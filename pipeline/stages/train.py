@@ -16,7 +16,7 @@ from esva.data.manifest import read_manifest
 from esva.precision import precision_record, resolve_device, resolve_dtype
 from esva.provenance import atomic_write_json, atomic_write_text
 from esva.store.ragged import INDEX
-from esva.train.cv import cross_validate, views
+from esva.train.cv import cross_validate, repeat_seeds, views
 from esva.train.resume import Checkpointer, file_key, resume_path
 from esva.train.stage1 import alignment_scores, load_features, predict, scored_on, scores, train
 from pipeline.common import log
@@ -135,8 +135,20 @@ def run(p: Params, manifest: Path, features_dir: Path, out: Path, metrics_dir: P
                                if result.model.msfe is not None and p.msfe.enabled else None),
         "alignment": align,
     }
+    seeds = [p.train.seed + i for i in range(p.ablate.encoder_seeds if variant.startswith("enc_") else p.ablate.seeds)] \
+        if variant else []  # only the ablate stage reads (and declares) the ablate section
+    if variant and p.ablate.folds == 0 and not test_scores:
+        summary["seeds_skipped"] = "no labelled test clips: one run, nothing to score the seeds on"
+        log.warning("train [%s]: %s", variant, summary["seeds_skipped"])
+    elif variant and p.ablate.folds == 0:  # the row's statistics: seeds on the manifest's split (1: the saved run's)
+        def on_seed(rec):
+            log.info("train [%s] seed %d (%d of %d): test weighted F1 %.4f, best epoch %d", variant, rec["seed"],
+                     seeds.index(rec["seed"]) + 1, len(seeds), rec["test"]["weighted_f1"], rec["best_epoch"])
+
+        summary["model"] = "stage-1 fusion classifier"
+        summary.update(repeat_seeds(data, use, p.msfe, p.contrast, p.align, p.train, seeds, first=result,
+                                    on_run=on_seed))  # the saved model is seeds[0]'s
     if variant and p.ablate.folds >= 2:  # the ablation row's statistics: seeds x folds on the training clips
-        seeds = [p.train.seed + i for i in range(p.ablate.seeds)]
         total = len(seeds) * p.ablate.folds
 
         def on_run(rec):

@@ -151,3 +151,26 @@ def test_rate_conversion():
     assert n.tolist() == [6] and y[0, :, 0].tolist() == [0.5, 2.5, 4.5, 6.5, 8.5, 10.5]
     z, m = to_rate(x, torch.tensor([12]), 30.0, 25.0)
     assert m.tolist() == [10] and z.shape == (1, 10, 1)
+
+
+@pytest.mark.parametrize("cfg", [MsfeConfig(scales=3, dropout=0.0), MsfeConfig(scales=4, dilation=2, dropout=0.0),
+                                 MsfeConfig(kernels=(1, 5, 9), dropout=0.0)])
+def test_msfe_fused_convolution_is_eq1_branch_by_branch(cfg):
+    """forward runs one convolution with the weighted, zero-padded kernels; it equals the convolutions run
+    one per scale and summed with their weights (eq. 1), outputs and gradients, in fp32 and under bf16 autocast."""
+    torch.manual_seed(3)
+    m = MSFE(12, cfg).eval()
+    with torch.no_grad():
+        m.scale_logits.normal_()  # unequal scale weights
+    h = torch.randn(3, cfg.hidden, 41)
+    y_fused = torch.nn.functional.conv1d(h, *m.fused_kernel(), padding=m.pad, dilation=m.dilation)
+    y_branch = m.branchwise(h)
+    torch.testing.assert_close(y_fused, y_branch, atol=1e-5, rtol=1e-5)
+    g_fused = torch.autograd.grad(y_fused.square().sum(), [m.scale_logits, m.branches[0].weight])
+    g_branch = torch.autograd.grad(m.branchwise(h).square().sum(), [m.scale_logits, m.branches[0].weight])
+    for a, b in zip(g_fused, g_branch):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    with torch.autocast("cpu", torch.bfloat16):
+        yb = torch.nn.functional.conv1d(h, *m.fused_kernel(), padding=m.pad, dilation=m.dilation)
+    assert yb.dtype == torch.bfloat16
+    torch.testing.assert_close(yb.float(), y_branch, atol=0.1, rtol=0.05)

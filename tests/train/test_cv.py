@@ -1,4 +1,5 @@
-"""Repeated stratified k-fold cross-validation of the ablation rows (esva/train/cv.py)."""
+"""The ablation rows' statistics (esva/train/cv.py): seeds on the run's split, and repeated stratified k-fold
+cross-validation."""
 
 from collections import Counter
 
@@ -7,7 +8,7 @@ import pytest
 
 from esva import LABELS
 from esva.config import AlignConfig, ContrastConfig, MsfeConfig, TrainConfig
-from esva.train.cv import carve_val, cross_validate, fold_ids, views
+from esva.train.cv import carve_val, cross_validate, fold_ids, repeat_seeds, views
 from esva.train.stage1 import Clip, FeatureData, TrainError
 
 
@@ -71,3 +72,24 @@ def test_cross_validation_predicts_every_training_clip_once_per_seed():
     assert all(len(v) == 42 and set(v) <= set(LABELS) for v in p["by_seed"].values())
     assert p["gold"][p["clip_ids"].index("sad_03")] == "sad"
     assert all(r["n_train"] + r["n_val"] + r["test"]["n"] == 42 for r in res["runs"])
+
+
+def test_seeds_on_the_runs_split_predict_the_same_test_clips_and_reuse_the_first_run():
+    from esva.train.stage1 import predict, train
+
+    cfgs = dict(msfe_cfg=MsfeConfig(hidden=8), contrast_cfg=ContrastConfig(), align_cfg=AlignConfig(enabled=False),
+                train_cfg=TrainConfig(epochs=2, batch_size=8, hidden=16, patience=2))
+    data = _data()
+    first = train(data, ("text",), **cfgs)
+    runs = []
+    res = repeat_seeds(data, ("text",), **cfgs, seeds=[0, 3], first=first, on_run=runs.append)
+    assert res["design"]["kind"] == "seeds" and res["design"]["n_predictions"] == 12 and len(runs) == 2
+    p = res["predictions"]
+    assert p["clip_ids"] == sorted(f"test_{i}" for i in range(6)) and p["gold"][p["clip_ids"].index("test_2")] == LABELS[2]
+    test = sorted(data.split("test"), key=lambda c: c.clip_id)
+    again = predict(first.model, test, ("text",), 8)["probs"].argmax(-1)
+    assert p["by_seed"]["0"] == [LABELS[i] for i in again]  # seed 0 is the run it was given, not a retraining
+    assert [r["seed"] for r in res["runs"]] == [0, 3] and all(r["test"]["n"] == 6 for r in res["runs"])
+    with pytest.raises(TrainError, match="no labelled test clips"):
+        repeat_seeds(FeatureData([c for c in data.clips if c.split != "test"], data.dims, data.rates, "synthetic",
+                                 labels=LABELS), ("text",), **cfgs, seeds=[0])
