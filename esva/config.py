@@ -440,6 +440,35 @@ class EvaluateConfig(Strict):
         return self
 
 
+class MechanismConfig(Strict):
+    """Mechanism checks (`esva mechanism`, esva/eval/mechanism.py): feature-level synthetic conditions in which
+    MSFE's and the aligner's effects exist by construction, each with its own train/val/test clips. They test
+    the implementation, not the paper's claims. Training reads msfe, contrast, align and train as they are, but
+    for the epochs, patience and aligner warm-up set here."""
+
+    seed: int = 0  # the synthetic features' seed (the training seeds are train.seed, +1, ...)
+    seeds: int = Field(5, ge=1)  # training seeds per variant
+    train_per_class: int = Field(64, ge=2)  # clips of each of the two classes, per split
+    val_per_class: int = Field(24, ge=1)
+    test_per_class: int = Field(32, ge=1)
+    dim: int = Field(32, ge=4)  # feature dimension of both streams
+    amplitude: float = Field(6.0, gt=0)  # an event's size, in noise standard deviations
+    msfe_seconds: float = Field(2.0, gt=0)  # MSFE condition: clip length (50 Hz frames)
+    msfe_events: int = Field(8, ge=1)  # two-frame patterns per clip
+    align_seconds: float = Field(4.0, gt=0)  # alignment condition: clip length (25 Hz video, 50 Hz audio)
+    align_events: int = Field(6, ge=2)  # audio-video event pairs per clip (even: half of each kind)
+    carrier: float = Field(2.0, ge=0)  # the shared timing carrier the aligner locks on, in noise standard deviations
+    epochs: int = Field(30, ge=1)  # in place of train.epochs
+    patience: int = Field(15, ge=1)  # in place of train.patience (MSFE's output layer starts at zero: a plateau of ~10 epochs)
+    warmup_epochs: int = Field(6, ge=0)  # in place of align.warmup_epochs
+
+    @model_validator(mode="after")
+    def _even(self) -> "MechanismConfig":
+        if self.align_events % 2:
+            raise ValueError(f"mechanism.align_events must be even (half of each event kind), got {self.align_events}")
+        return self
+
+
 class Params(Strict):
     """The whole params.yaml. Sections for later stages are added by their issues."""
 
@@ -457,6 +486,7 @@ class Params(Strict):
     llm: LlmConfig = LlmConfig()
     tune: TuneConfig = TuneConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    mechanism: MechanismConfig = MechanismConfig()
 
 
 def _parse_value(raw: str) -> Any:

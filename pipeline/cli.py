@@ -326,6 +326,18 @@ def sync_baseline(out: Annotated[Path, typer.Option(help="reference metrics file
 
 @app.command()
 @friendly
+def mechanism(out: Annotated[Path, typer.Option(help="the mechanism checks' metrics file")] = Path("metrics/mechanism.json"),
+              params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """Mechanism checks: feature-level synthetic conditions where MSFE's and the aligner's effects exist by
+    construction (params mechanism, msfe, contrast, align, train). Tests of the implementation, not evidence
+    for the paper's claims."""
+    from pipeline.stages import mechanism as stage
+
+    stage.run(_stage_params(stage, params, set_), out)
+
+
+@app.command()
+@friendly
 def convert(checkpoint: Annotated[str, typer.Argument(help="a checkpoint folder or hub id that ships pytorch_model.bin")],
             out: Annotated[Path, typer.Argument(help="new folder for the safetensors copy")],
             revision: Annotated[Optional[str], typer.Option(help="hub revision (branch, tag, commit)")] = None) -> None:

@@ -29,7 +29,8 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "sync-baseline": ("pipeline.stages.sync",), "train": ("pipeline.stages.train",),
     "ablate": ("pipeline.stages.train",), "lm": ("pipeline.stages.lm",), "tune": ("pipeline.stages.tune",),
     "tune_ablation": ("pipeline.stages.tune", "pipeline.stages.evaluate"),
-    "evaluate": ("pipeline.stages.evaluate",), "report": ("pipeline.stages.report",),
+    "evaluate": ("pipeline.stages.evaluate",), "mechanism": ("pipeline.stages.mechanism",),
+    "report": ("pipeline.stages.report",),
 }
 # a stage whose params are not its modules' PARAMS: the module attribute that declares them
 STAGE_PARAMS: dict[str, str] = {"ingest-source": "SOURCE_PARAMS", "ablate": "ABLATE_PARAMS"}

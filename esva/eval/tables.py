@@ -1,4 +1,5 @@
-"""The paper's Tables 2-7 (and the offset table) as Markdown: this run's numbers beside the paper's.
+"""The paper's Tables 2-7 (and the offset table) as Markdown: this run's numbers beside the paper's; then
+the mechanism checks (`mechanism_table`: synthetic conditions that test the implementation, not the paper).
 
 Pure functions: they take metrics files already loaded as dicts, and the paper's numbers
 (`esva.eval.paper_numbers`), and return text. `pipeline/stages/report.py` loads the files and writes the
@@ -27,6 +28,7 @@ seed s of a variant paired with seed s of the full model.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -119,11 +121,13 @@ def _from_seeds(rs: RunStats, d: dict, runs: list[dict], labels: list | None) ->
         f1s.append(stats.weighted_f1(gold, pred))
         accs.append(sum(g == q for g, q in zip(gold, pred)) / len(gold))
         reasons = [stats.degenerate(pred)]
-        first = sorted(r.get("fold", 0) for r in runs if str(r.get("seed")) == s
-                       and r.get("best_epoch") == r.get("first_scored_epoch", 1))
-        if first:
+        stuck = [r for r in runs if str(r.get("seed")) == s and r.get("best_epoch") == r.get("first_scored_epoch", 1)]
+        if stuck and all("fold" in r for r in stuck):  # cross-validation: name the folds
+            first = sorted(r["fold"] for r in stuck)
             reasons.append(f"the best epoch is the first scored one in fold{'s' if len(first) > 1 else ''} "
                            + ", ".join(map(str, first)))
+        elif stuck:  # one run per seed (no folds)
+            reasons.append("the best epoch is the first scored one")
         reasons = [r for r in reasons if r]
         if reasons:
             bad[s] = "; ".join(reasons)
@@ -540,6 +544,107 @@ def alignment_table(m: dict) -> list[str]:
     return out
 
 
+MECHANISM_HEADING = ("## Mechanism checks (feature-level synthetic conditions: tests of the implementation, not "
+                     "evidence for the paper's claims)")
+
+
+def _vs_chance(rs: RunStats | None) -> str:
+    """Where the interval over seeds lies against the chance F1."""
+    if rs is None or rs.chance is None:
+        return "—"
+    if rs.ci is None:
+        return "1 seed: no interval"
+    if rs.ci[0] > rs.chance:
+        return "above chance"
+    if rs.ci[1] < rs.chance:
+        return "below chance"
+    return "interval contains chance"
+
+
+def _mechanism_model(d: dict) -> str:
+    parts = list(d.get("features_use") or [])
+    parts.append("MSFE" if d.get("msfe") else "no MSFE")
+    if d.get("align"):
+        k = d.get("max_shift")
+        parts.append("alignment, no shift (max_shift 0)" if k == 0 else f"alignment (max_shift {k})")
+    else:
+        parts.append("no alignment")
+    return f"{d.get('model') or STAGE1} ({', '.join(parts)})"
+
+
+def _offset_cell(d: dict) -> str:
+    got = [r["alignment"]["within_one_frame"] for r in d.get("runs") or [] if r.get("alignment")]
+    return "—" if not got else f"{sum(got) / len(got):.3f} (mean of {len(got)} seed{'s' if len(got) > 1 else ''})"
+
+
+def mechanism_table(m: dict) -> list[str]:
+    """metrics/mechanism.json (`esva mechanism`, esva/eval/mechanism.py): per condition, each variant's weighted F1
+    (mean and t-interval over seeds), chance and majority F1, a paired bootstrap against the variant with the
+    component, and whether the expected direction holds. The F1 is printed even for a degenerate variant: a
+    variant expected at chance may well collapse to one class, and its flag says so beside the number."""
+    d = m.get("mechanism")
+    out = [MECHANISM_HEADING, ""]
+    if not d:
+        return out + ["not run (`esva mechanism` writes metrics/mechanism.json).", ""]
+    out += [f"Corpus: `{d.get('corpus')}`. Each condition generates stage-1 features directly (no video, decoding or "
+            "frozen encoders) so that one component's effect exists by construction, with its own train, validation "
+            "and test clips; every variant is trained once per seed and scored on the condition's test clips. These "
+            "tables check that the implementation of MSFE and of the alignment can capture an effect that is there; "
+            "they are **not evidence for the paper's claims on real data**. The constructions are in "
+            "`esva/eval/mechanism.py`.", ""]
+    for name, c in (d.get("conditions") or {}).items():
+        variants = c.get("variants") or {}
+        ref_name = c.get("reference")
+        got = {v: _from_seeds(RunStats(model=_mechanism_model(x), corpus=corpus_of(x)), x, x.get("runs") or [],
+                              x.get("labels"))
+               for v, x in variants.items()}
+        ref = got.get(ref_name)
+        with_offsets = any(x.get("align") for x in variants.values())
+        rows, tests = [], {}
+        for v, rs in got.items():
+            shown = dataclasses.replace(rs, degenerate=None, flagged=None)
+            tests[v] = "reference" if v == ref_name else paired_vs(rs, ref)
+            flags = "; ".join(([f"degenerate: {rs.degenerate}"] if rs.degenerate else []) + ([rs.flagged] if rs.flagged else []))
+            row = [v, rs.model, f1_cell(shown), interval_cell(shown), _vs_chance(rs), *baseline_cells(rs),
+                   paired_cell(tests[v]), flags or "—"]
+            if with_offsets:
+                row.append(_offset_cell(variants[v]))
+            rows.append(row)
+        clips = c.get("clips") or {}
+        out += [f"### `{name}`", "", f"{c.get('what')}. Expected: {c.get('expected')}. Clips: "
+                + ", ".join(f"{k} {n}" for k, n in clips.items()) + ".", ""]
+        head = ["Variant", "produced here by", "F1, this run (mean over seeds)", "95% interval", "vs chance F1",
+                "chance F1", "majority F1", f"vs {ref_name}, paired bootstrap", "flags"]
+        out += md_table(head + (["offsets within one frame (test)"] if with_offsets else []), rows)
+        checks: list[tuple[bool | None, str]] = []
+        exp = c.get("expect") or {}
+        for v in exp.get("above_chance", []):
+            where = _vs_chance(got.get(v)) if v in got else "not run"
+            checks.append((None if where in ("1 seed: no interval", "—", "not run") else where == "above chance",
+                           f"{v} above chance: {where}"))
+        for v in exp.get("worse_than_reference", []):
+            t = tests.get(v, "not run")
+            ok = (t["diff"] < 0 and t["distinguishable"]) if isinstance(t, dict) else None
+            checks.append((ok, f"{v} below {ref_name}: {paired_cell(t)}"))
+        for v in exp.get("not_above_chance", []):  # the construction's own check: a variant blind to the cue
+            where = _vs_chance(got.get(v)) if v in got else "not run"
+            checks.append((None if where in ("1 seed: no interval", "—", "not run") else where != "above chance",
+                           f"{v} no better than chance (construction check): {where}"))
+        main = checks[:len(exp.get("above_chance", [])) + len(exp.get("worse_than_reference", []))]
+        verdict = ("captured" if main and all(ok for ok, _ in main) else
+                   "not captured" if any(ok is False for ok, _ in main) else "undetermined")
+        leak = any(ok is False for ok, _ in checks[len(main):])
+        out += [f"Verdict: **{verdict}** (expected: {c.get('expected')})."
+                + (" A construction check failed: a variant without the component beat chance." if leak else ""), ""]
+        out += [f"- {'yes' if ok else 'no' if ok is False else 'cannot tell'}: {text}" for ok, text in checks] + [""]
+    out += ["Chance and majority F1 come from the gold labels of each condition's test clips. `flags`: a seed whose "
+            "predictions collapse to one class or whose best epoch is its first scored one (for a variant expected at "
+            "chance this is what chance looks like; its F1 is printed anyway). The `no better than chance` lines check the "
+            "construction: a variant without the component must not beat chance (it may fall below it: the seeds share "
+            "one training set, so a spurious pattern learnt from it can cost all of them on the test clips).", ""]
+    return out
+
+
 def paper_notes(paper: dict) -> list[str]:
     return ["## About the paper's numbers", "", paper["source"], "",
             *[f"- {n}" for n in paper.get("notes", [])],
@@ -549,7 +654,7 @@ def paper_notes(paper: dict) -> list[str]:
 
 def build_report(m: dict, paper: dict, *, metrics_dir: str = "metrics", empty_ov: dict | None = None) -> str:
     """metrics/tables.md. `m`: {"train", "tune", "mer2023", "mer2024_ov", "emer", "alignment",
-    "alignment_reference": dict or None, "ablation": {variant: dict}, "stage2": {variant: {"mer2023", "tune"}}}."""
+    "alignment_reference", "mechanism": dict or None, "ablation": {variant: dict}, "stage2": {variant: {"mer2023", "tune"}}}."""
     singles = [m.get(k) for k in ("train", "mer2023", "mer2024_ov", "emer")]
     many = list((m.get("ablation") or {}).values()) + [x.get("mer2023") for x in (m.get("stage2") or {}).values()]
     corpora = sorted({d["corpus"] for d in singles + many if d and d.get("corpus")})
@@ -569,5 +674,6 @@ def build_report(m: dict, paper: dict, *, metrics_dir: str = "metrics", empty_ov
               "over training seeds, or, for one seed, a bootstrap over the test clips. Paired tests resample the "
               "shared test clips (and seeds) 2000 times. Paper columns print the paper's strings as printed.", ""]
     lines += table2(m, paper) + table3(m, paper) + table4(m, paper, empty_ov) + table5(m, paper)
-    lines += table6(m, paper) + table6_stage1(m) + table7(m, paper) + alignment_table(m) + paper_notes(paper)
+    lines += table6(m, paper) + table6_stage1(m) + table7(m, paper) + alignment_table(m) + mechanism_table(m)
+    lines += paper_notes(paper)
     return "\n".join(lines).rstrip() + "\n"

@@ -28,7 +28,7 @@ def _load(path: Path) -> dict | None:
 def load_metrics(m: Path) -> dict:
     """Every metrics file the tables read, as dicts (None where a file is absent)."""
     out = {k: _load(m / f"{k}.json") for k in ("train", "tune", "mer2023", "mer2024_ov", "emer", "alignment",
-                                               "alignment_reference")}
+                                               "alignment_reference", "mechanism")}
     out["ablation"] = {p.stem: _load(p) for p in sorted((m / "ablation").glob("*.json"))}
     # the stage-2 runs of Table 6 (tune_ablation@...): evaluate's mer2023.json and tune's tune.json per variant
     out["stage2"] = {d.name: {"mer2023": _load(d / "mer2023.json"), "tune": _load(d / "tune.json")}

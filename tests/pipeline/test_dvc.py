@@ -154,6 +154,8 @@ def dvc_repo(tmp_path, monkeypatch):
     params["msfe"].update(scales=2)
     params["llm"].update(vocab_size=320, hidden_size=32, layers=1, heads=2, intermediate_size=64, epochs=1, block=32)
     params["tune"].update(epochs=1, lora_r=4, audio_tokens=2, video_tokens=2, max_new_tokens=16)
+    params["mechanism"].update(seeds=1, train_per_class=4, val_per_class=2, test_per_class=2, epochs=1, warmup_epochs=1,
+                               msfe_seconds=1.0, align_seconds=2.0, align_events=2)
     # the default roles: train on synthetic:train, validate on synthetic:val, evaluate on synthetic:test
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / ".gitignore").write_text("/data/\n__pycache__/\n/.venv\n")

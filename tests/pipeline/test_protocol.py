@@ -36,7 +36,8 @@ def _project(base: Path, corpus: Path, keep: tuple[str, ...], tweak=None):
     dag["stages"] = {k: v for k, v in dag["stages"].items() if k in keep}
     if "report" in dag["stages"]:
         dag["stages"]["report"]["deps"] = [d for d in dag["stages"]["report"]["deps"]
-                                           if not d.startswith(("metrics/ablation/", "metrics/stage2_ablation/"))]
+                                           if not d.startswith(("metrics/ablation/", "metrics/stage2_ablation/"))
+                                           and (d != "metrics/mechanism.json" or "mechanism" in keep)]
     if "downstream" in keep:  # a stand-in for decode: reads the manifest, so it reruns only when the manifest changes
         dag["stages"]["downstream"] = {"cmd": "cp data/manifest.parquet data/downstream.parquet",
                                        "deps": ["data/manifest.parquet"], "outs": ["data/downstream.parquet"]}
