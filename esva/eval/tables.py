@@ -178,8 +178,11 @@ def stage2_stats(mer: dict | None, tune: dict | None, source: str) -> RunStats |
     model = f"stage-2 LLM, `{layout}` layout ({source})" if layout else f"stage-2 LLM, layout not recorded ({source})"
     rs = RunStats(model=model, corpus=corpus_of(mer))
     if (mer.get("predictions") or {}).get("by_seed"):
-        return _from_seeds(rs, mer, mer.get("runs") or (tune or {}).get("runs") or [],
-                           mer.get("labels") or list(mer.get("per_class") or []) or None)
+        runs = mer.get("runs") or (tune or {}).get("runs") or []
+        if not runs and tune and len(mer["predictions"]["by_seed"]) == 1:  # one tuning: its best epoch, from tune.json
+            runs = [{"seed": next(iter(mer["predictions"]["by_seed"])), "best_epoch": tune.get("best_epoch"),
+                     "first_scored_epoch": 1}]
+        return _from_seeds(rs, mer, runs, mer.get("labels") or list(mer.get("per_class") or []) or None)
     rs.f1, rs.accuracy, rs.n = mer.get("weighted_f1"), mer.get("accuracy"), mer.get("n")
     pred = None
     conf = mer.get("confusion")

@@ -20,6 +20,7 @@ from esva.data.instructions import eval_samples, instruction_labels, lenient_lab
 from esva.data.manifest import corpus_of, read_manifest
 from esva.eval.metrics import EvalError, clue_overlap_proxy, discrete_scores, label_overlap_proxy, match_ids, ov_scores
 from esva.eval.official_ov import PerSampleGrouping, load_official, official_ov_scores
+from esva.eval.stats import INVALID
 from esva.eval.synonyms import load_grouping, offline
 from esva.models.projector import EXTRA, NEEDS
 from esva.train.stage1 import load_features
@@ -56,8 +57,12 @@ def score(role: str, preds: pd.DataFrame, gold: pd.DataFrame, grouping, embed=No
     if role == "mer":  # the official rule: scored on the split's own label set (MER2023: six); any other answer is wrong
         vp = p["valence"].tolist() if "valence" in p.columns else None
         labels = label_set_of(gold["label"])
-        res = discrete_scores(list(gold["label"]), [parse_label(a, ALL_LABELS) for a in answers], labels,
-                              list(gold["valence"]) if vp is not None else None, vp)
+        parsed = [parse_label(a, ALL_LABELS) for a in answers]
+        res = discrete_scores(list(gold["label"]), parsed, labels, list(gold["valence"]) if vp is not None else None, vp)
+        # per clip, for the tables' paired tests between stage-2 runs on the same clips (esva.eval.tables); one
+        # tuning: the key "run" (a file with several seeds would key them by seed)
+        res["predictions"] = {"clip_ids": list(gold["clip_id"]), "gold": list(gold["label"]),
+                              "by_seed": {"run": [q if q is not None else INVALID for q in parsed]}}
         lenient = discrete_scores(list(gold["label"]), [lenient_label(a, labels) for a in answers], labels)
         res["emotion_llama_lenient"] = {
             "rule": "Emotion-LLaMA's parse: the answer's last space-separated token if it is a label, else neutral "

@@ -141,3 +141,29 @@ def test_alignment_rows_labelled():
     assert order == ["predict zero offset", "cross-correlation, audio energy vs mouth opening",
                      "learned alignment (eq. 4-9)", "oracle (the true offset)"]
     assert "120.0" in sec and "ceiling" in sec
+
+
+def test_stage2_rows_with_per_clip_predictions_get_a_paired_test_against_full():
+    """evaluate stores each clip's parsed answer in mer2023.json (`predictions`, key "run": one tuning), so
+    Table 6's stage-2 rows are paired with the full model's run on the same clips; a run whose best epoch is
+    its first is degenerate."""
+    gold = [LABELS[i % 6] for i in range(36)]
+
+    def mer(pred):
+        return {"corpus": "synthetic", "split": "synthetic:test", "n": 36,
+                "predictions": {"clip_ids": [f"c{i}" for i in range(36)], "gold": gold, "by_seed": {"run": pred}}}
+
+    right = list(gold)
+    half = [g if i % 2 else stats.INVALID for i, g in enumerate(gold)]  # half unparseable: wrong
+    s2 = {"full": {"mer2023": mer(right), "tune": {"layout": "esva", "best_epoch": 6}},
+          "no_msfe": {"mer2023": mer(half), "tune": {"layout": "esva", "best_epoch": 5}},
+          "no_align": {"mer2023": mer(right), "tune": {"layout": "esva", "best_epoch": 1}}}
+    text = tables.build_report({"stage2": s2, "ablation": {}}, PAPER)
+    full = _row(text, "## Table 6", "ESVA")
+    assert full[2] == "1.0000" and full[3].startswith("1 seed") and full[4] == "reference"
+    nomsfe = _row(text, "## Table 6", "ESVA w/o MSFE")
+    expect = stats.paired_bootstrap(gold, [half], [right], b=tables.BOOTSTRAP_B, seed=tables.BOOTSTRAP_SEED)
+    assert nomsfe[2] == f"{stats.weighted_f1(gold, half):.4f}"
+    assert f"{expect['diff']:+.4f}" in nomsfe[4] and "no per-clip predictions" not in nomsfe[4]
+    noalign = _row(text, "## Table 6", "ESVA w/o Audio & Video alignment")
+    assert "degenerate" in " ".join(noalign) and "best epoch is the first" in " ".join(noalign)
