@@ -448,7 +448,7 @@ def _single_seed_note(rows: list[RunStats | None]) -> list[str]:
             f"A McNemar test on {n} paired clips (alpha .05, power .8) detects an accuracy difference of "
             f"(1.96 + 0.84) x sqrt(psi / n) = {stats.mcnemar_mdd(n, 0.3):.2f} when the two models disagree on 30% of "
             f"the clips (psi), {stats.mcnemar_mdd(n, 0.5):.2f} at 50%"
-            + (f"; these rows' accuracies span {spread} clips" if spread is not None else "")
+            + (f"; these rows' accuracies span {spread} clip{'s' if spread != 1 else ''}" if spread is not None else "")
             + ". Differences below that cannot be told from noise.", ""]
 
 
