@@ -42,10 +42,11 @@ def test_allocator_record_names_what_the_commands_set():
     import platform
 
     from benchmarks.memory import _allocator
+    from esva.train.stream import HEAP_MMAP_THRESHOLD
 
     rec = _allocator()
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        assert "bound_heap" in rec and "131072" in rec
+        assert "bound_heap" in rec and str(HEAP_MMAP_THRESHOLD) in rec and HEAP_MMAP_THRESHOLD == 4 << 20
     else:
         assert rec.startswith("not glibc")
 
