@@ -281,3 +281,22 @@ def test_the_paper_protocol_runs_end_to_end(tmp_path, synth_corpus):
         assert "synthetic" not in f.read_text(encoding="utf-8").lower(), f
     tables = (m / "tables.md").read_text(encoding="utf-8")
     assert "mer2023" in tables and "This run's corpus: synthetic" not in tables
+
+
+def test_the_readmes_protocol_block_is_valid_params_as_written():
+    """The README's block for the real benchmarks, merged into params.yaml as a user would, validates (every key
+    exists, every value has its type); the protocol tests above run its `data` and `evaluate` sections."""
+    from esva.config import Params
+    from tests.protocol_corpus import readme_protocol_block
+
+    def merge(a: dict, b: dict) -> dict:
+        for k, v in b.items():
+            a[k] = merge(dict(a[k]), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+        return a
+
+    with (ROOT / "params.yaml").open() as fh:
+        block = readme_protocol_block()
+        p = Params.model_validate(merge(yaml.safe_load(fh), block))
+    assert [s.name for s in p.data.sources] == ["merr", "mer2023", "mer2024", "emer"] and not p.data.val
+    assert p.features.hubert.checkpoint == "TencentGameMate/chinese-hubert-large" and p.features.hubert.device == "cuda"
+    assert p.llm.checkpoint == "meta-llama/Llama-2-7b-chat-hf" and p.evaluate.mer.split == "test3"
