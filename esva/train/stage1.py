@@ -312,6 +312,9 @@ def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align
     # mixed precision is our autocast (esva.precision), never accelerate's process-wide state, so stages
     # of different precision can run in one process
     accel = Accelerator(cpu=device == "cpu", mixed_precision="no")
+    # accelerate's gradient state is process-wide: a stage-2 tuning earlier in this process (gradient
+    # accumulation) can leave it mid-accumulation, and the prepared optimizer would then skip every step
+    accel.sync_gradients = True
     model = FusionClassifier(data.dims, data.rates, use, len(data.labels), msfe_cfg, align_cfg, train_cfg)
     model.labels = data.labels
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)

@@ -430,6 +430,7 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
     if best_state is not None:
         m.load_trainable_state(best_state)
     m.llm, m.projector = accel.unwrap_model(m.llm), accel.unwrap_model(m.projector)
+    accel.sync_gradients = True  # the process-wide gradient state, left as found: no accumulation under way
     return TuneResult(m, history, best_epoch, step, tokens, best_answers)
 
 

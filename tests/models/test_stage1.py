@@ -88,3 +88,19 @@ def test_store_missing_for_a_used_encoder(tmp_path):
     df = pd.DataFrame({"clip_id": ["a"], "label": ["happy"], "split": ["train"], "dataset": ["synthetic"]})
     with pytest.raises(TrainError, match=r"features.use lists 'eva' but its store .*eva.zarr does not exist"):
         load_features(df, {"eva": tmp_path / "eva.zarr"}, ("eva",))
+
+
+def test_training_steps_even_after_an_accumulating_run_left_accelerates_state_mid_way():
+    """accelerate's GradientState is one per process. A stage-2 tuning with gradient accumulation left it at
+    sync_gradients False, and every later stage-1 training in the process then skipped all optimizer steps
+    (a model at chance, silently: found by running the mechanism tests after the stage-2 tests). train() now
+    sets it; the run equals one in a fresh state."""
+    from accelerate.state import GradientState
+
+    data = _data()
+    fresh = train(data, USE, **CFGS)
+    state = GradientState()
+    state._set_sync_gradients(False)  # as an accumulation left it mid-way
+    state.plugin_kwargs = {"num_steps": 2}
+    after = train(data, USE, **CFGS)
+    assert after.history == fresh.history and after.history[0]["train_loss"] != after.history[-1]["train_loss"]

@@ -242,6 +242,9 @@ def test_splicing_is_identical_in_training_and_inference(world, model):
 def tuned(world):
     out = world["tmp"] / "tuned"
     res = stage2.tune(world["data"], world["df"], world["stage1"], world["lm"], TUNE)
+    from accelerate.state import GradientState
+
+    assert GradientState().sync_gradients  # the process-wide state is left with no accumulation under way
     stage2.save(res.model, out, {"tune": TUNE.model_dump(mode="json"), "base": {}}, world["stage1"])
     return res, out
 
