@@ -67,12 +67,12 @@ the multi-seed layout that `esva.eval.tables` reads (labels, design, runs, predi
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Callable
 
 import numpy as np
 
-from esva.train.stage1 import Clip, FeatureData, alignment_scores, predict, scores, train
+from esva.train.cv import repeat_seeds
+from esva.train.stage1 import Clip, FeatureData
 
 CORPUS = "synthetic-mechanism"
 HUBERT_RATE, MAE_RATE = 50.0, 25.0  # the frame rates of the features stage 1 reads (HuBERT 20 ms, MAE at 25 fps)
@@ -234,36 +234,21 @@ def run_condition(name: str, data: FeatureData, cfg, msfe_cfg, contrast_cfg, ali
     test split: {"condition", "what", "expected", "expect", "reference", "clips", "variants": {variant:
     multi-seed layout (esva.eval.tables)}}. `cfg`: the `mechanism` section (epochs, patience, warm-up)."""
     cond = CONDITIONS[name]
-    test = data.split("test")
-    ids, gold = [c.clip_id for c in test], [c.gold for c in test]
     variants = {}
     for v in cond.variants:
-        runs, by_seed = [], {}
-        for seed in seeds:
-            msfe, align, tr = _configs(v, msfe_cfg, align_cfg, train_cfg, cfg, seed)
-            t0 = time.perf_counter()
-            res = train(data, cond.use, msfe, contrast_cfg, align, tr)
-            pred = predict(res.model, test, cond.use, tr.batch_size, dtype=res.dtype)
-            by_seed[str(seed)] = [data.labels[int(i)] for i in pred["probs"].argmax(-1)]
-            has_aligner = res.model.aligner is not None
-            rec = {"seed": int(seed), "best_epoch": res.best_epoch,
-                   "first_scored_epoch": (align.warmup_epochs if has_aligner else 0) + 1,
-                   "epochs_run": len(res.history), "stopped_early": res.stopped_early,
-                   "test": scores(test, pred, data.labels),
-                   "alignment": alignment_scores(test, pred, align.rate, fps=MAE_RATE) if has_aligner else None,
-                   "seconds": round(time.perf_counter() - t0, 2)}
-            runs.append(rec)
+        msfe, align, tr = _configs(v, msfe_cfg, align_cfg, train_cfg, cfg, seeds[0])
+
+        def each(rec: dict, v: Variant = v) -> None:
             if on_run:
                 on_run({"condition": name, "variant": v.name, **rec})
+
+        res = repeat_seeds(data, cond.use, msfe, contrast_cfg, align, tr, seeds, on_run=each)
+        res["design"].update({"epochs": cfg.epochs, "patience": cfg.patience,
+                              "warmup_epochs": cfg.warmup_epochs if v.align else 0})
         variants[v.name] = {
             "corpus": CORPUS, "split": "test", "labels": list(data.labels), "features_use": list(cond.use),
             "msfe": v.msfe, "align": v.align, "max_shift": (0 if v.no_shift else align_cfg.max_shift) if v.align else None,
-            "model": "stage-1 fusion classifier",
-            "design": {"kind": "seeds", "seeds": [int(s) for s in seeds], "epochs": cfg.epochs,
-                       "patience": cfg.patience, "warmup_epochs": cfg.warmup_epochs if v.align else 0,
-                       "n_clips": len(ids), "n_predictions": len(ids) * len(seeds)},
-            "runs": runs,
-            "predictions": {"clip_ids": ids, "gold": gold, "by_seed": by_seed}}
+            "model": "stage-1 fusion classifier", **res}
     return {"condition": name, "what": cond.what, "expected": cond.expected, "expect": cond.expect,
             "reference": cond.reference, "note": NOTE,
             "clips": {s: len(data.split(s)) for s in ("train", "val", "test")}, "variants": variants}

@@ -22,11 +22,12 @@ the held-out fold.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Callable
 
 import numpy as np
 
-from esva.train.stage1 import FeatureData, TrainError, predict, scores, train
+from esva.train.stage1 import FeatureData, TrainError, alignment_scores, predict, scores, train
 
 
 def fold_ids(labels: list[int], clip_ids: list[str], folds: int, seed: int) -> np.ndarray:
@@ -77,11 +78,16 @@ def views(data: FeatureData, folds: int, seed: int, val_fraction: float):
         yield k, dataclasses.replace(data, clips=clips)
 
 
-def _record(res, align_cfg, seed: int, view: FeatureData, test, out, labels, fold: int | None = None) -> dict:
-    first = (align_cfg.warmup_epochs if res.model.aligner is not None else 0) + 1  # no warm-up epoch is scored
+def _record(res, align_cfg, seed: int, view: FeatureData, test, out, labels, fold: int | None = None,
+            seconds: float | None = None) -> dict:
+    has_aligner = res.model.aligner is not None
+    first = (align_cfg.warmup_epochs if has_aligner else 0) + 1  # no warm-up epoch is scored
     rec = {"seed": int(seed), "best_epoch": res.best_epoch, "first_scored_epoch": first,
            "epochs_run": len(res.history), "stopped_early": res.stopped_early, "n_train": len(view.split("train")),
-           "n_val": len(view.split("val")), "test": scores(test, out, labels)}
+           "n_val": len(view.split("val")), "test": scores(test, out, labels),
+           "alignment": alignment_scores(test, out, align_cfg.rate, fps=align_cfg.rate) if has_aligner else None}
+    if seconds is not None:
+        rec["seconds"] = round(seconds, 2)
     return rec if fold is None else {"seed": int(seed), "fold": fold, **{k: v for k, v in rec.items() if k != "seed"}}
 
 
@@ -97,10 +103,11 @@ def repeat_seeds(data: FeatureData, use, msfe_cfg, contrast_cfg, align_cfg, trai
     runs, by_seed = [], {}
     for i, seed in enumerate(seeds):
         cfg = train_cfg.model_copy(update={"seed": int(seed)})
+        t0 = time.perf_counter()
         res = first if (i == 0 and first is not None) else train(data, use, msfe_cfg, contrast_cfg, align_cfg, cfg)
         out = predict(res.model, test, use, cfg.batch_size, dtype=res.dtype)
         by_seed[str(seed)] = [data.labels[int(p)] for p in out["probs"].argmax(-1)]
-        rec = _record(res, align_cfg, seed, data, test, out, data.labels)
+        rec = _record(res, align_cfg, seed, data, test, out, data.labels, seconds=time.perf_counter() - t0)
         runs.append(rec)
         if on_run:
             on_run(rec)
