@@ -63,6 +63,21 @@ class SynthConfig(Strict):
     lexical_cue_prob: float = Field(0.4, ge=0.0, le=1.0)
     crf: int = Field(20, ge=0, le=51)
     workers: int = Field(2, ge=1)
+    # extra evaluation splits of harder conditions, clips per condition (esva.data.synthetic.condition_spec):
+    # drift, jump (time-varying offsets), noise (audio bursts), occlusion (lower face covered or blurred),
+    # missing (a span with no audio or no video); each keeps its offset track and corrupted spans
+    conditions: dict[str, int] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _conditions(self) -> "SynthConfig":
+        from esva.data.synthetic import CONDITIONS
+
+        for k, v in self.conditions.items():
+            if k not in CONDITIONS:
+                raise ValueError(f"synth.conditions: unknown condition {k!r}; choose from {list(CONDITIONS)}")
+            if v < 0:
+                raise ValueError(f"synth.conditions.{k} must be >= 0, got {v}")
+        return self
 
     @model_validator(mode="after")
     def _durations(self) -> "SynthConfig":
@@ -95,12 +110,13 @@ class DataConfig(Strict):
     sources: tuple[Source, ...] = (Source(name="synthetic", adapter="synthetic", root="data/raw/synthetic"),)
     train: tuple[str, ...] = ("synthetic:train",)  # source:split pairs that train both stages (paper: [merr:train])
     val: tuple[str, ...] = ("synthetic:val",)  # source:split pairs that validate them; empty: carved from train
+    robust: tuple[str, ...] = ()  # source:split pairs of harder conditions (esva adaptive): evaluated, never trained on
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # the carved share, stratified by label
     seed: int = 0  # the carving's seed
     transcript_language: Literal["english", "chinese"] = "english"  # which transcript files/columns to read
 
     _sources_tuple = field_validator("sources", mode="before")(_as_tuple)
-    _pairs_tuple = field_validator("train", "val", mode="before")(_as_tuple)
+    _pairs_tuple = field_validator("train", "val", "robust", mode="before")(_as_tuple)
 
     @model_validator(mode="after")
     def _unique(self) -> "DataConfig":
@@ -253,7 +269,12 @@ class AlignConfig(Strict):
     rate: float = Field(25.0, gt=0)  # the common frame rate
     dim: int = Field(64, ge=4)  # the shared space
     max_shift: int = Field(8, ge=1)  # K, in frames at align.rate
-    window: int = Field(8, ge=1)  # the local window, in frames
+    window: int = Field(8, ge=1)  # the local window of eq. 4, in frames
+    hop: int | None = Field(None, ge=1)  # frames between window starts; null: window // 2
+    local: Literal["distance", "correlation"] = "distance"  # eq. 4's D_i (esva/models/align.py window_scores)
+    controller: Literal["fixed", "fuzzy", "neural", "backstepping"] = "fixed"  # how windows' offsets form tau*(t)
+    neural_steps: int = Field(150, ge=1)  # the neural controller's training (after stage 1; esva/train/controllers.py)
+    neural_lr: float = Field(0.02, gt=0)
     alpha: float = Field(1.0, ge=0)
     beta: float = Field(1.0, ge=0)
     temperature: float = Field(0.02, gt=0)  # soft-argmin
@@ -275,6 +296,7 @@ class TrainConfig(Strict):
     hidden: int = Field(128, ge=4)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     aux_weight: float = Field(0.3, ge=0)  # audio-only and video-only heads (per-modality evidence)
+    reliability: bool = False  # weigh frame-level streams by their frames' typicality (esva/models/fusion.py)
     grad_clip: float = Field(1.0, gt=0)
     dtype: Dtype = "fp32"  # autocast of the forward pass; weights and optimizer stay fp32
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
@@ -440,6 +462,12 @@ class EvaluateConfig(Strict):
         return self
 
 
+class AdaptiveConfig(Strict):
+    """The alignment controllers under harder conditions (`esva adaptive`, esva/eval/adaptive.py)."""
+
+    seeds: int = Field(3, ge=1)  # stage-1 training seeds (the first is the train stage's model; the others train here)
+
+
 class MechanismConfig(Strict):
     """Mechanism checks (`esva mechanism`, esva/eval/mechanism.py): feature-level synthetic conditions in which
     MSFE's and the aligner's effects exist by construction, each with its own train/val/test clips. They test
@@ -487,6 +515,7 @@ class Params(Strict):
     tune: TuneConfig = TuneConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     mechanism: MechanismConfig = MechanismConfig()
+    adaptive: AdaptiveConfig = AdaptiveConfig()
 
 
 def _parse_value(raw: str) -> Any:

@@ -288,6 +288,8 @@ def evaluate(out: Annotated[Path, typer.Option(help="folder for mer2023.json, me
              predictions_dir: Annotated[Path, typer.Option("--predictions-dir", help="where generated predictions go (parquet)")] = Path("data/predictions"),
              predictions: Annotated[Optional[Path], typer.Option(help="score this file (clip_id, answer) instead of generating; needs --task")] = None,
              task: Annotated[Optional[str], typer.Option(help="mer, ov or emer (with --predictions)")] = None,
+             controller: Annotated[Optional[str], typer.Option(help="alignment controller in place of the model's own: fixed, fuzzy, neural, backstepping")] = None,
+             controller_weights: Annotated[Optional[Path], typer.Option("--controller-weights", help="the neural controller's network (esva adaptive)")] = None,
              params: ParamsOpt = None, set_: SetOpt = None) -> None:
     """Generate on each evaluation split and score it as the benchmarks do (params `evaluate`)."""
     from esva.config import ConfigError
@@ -298,7 +300,8 @@ def evaluate(out: Annotated[Path, typer.Option(help="folder for mer2023.json, me
     if task is not None and task not in stage.TASKS:
         raise ConfigError(f"--task must be one of {list(stage.TASKS)}, got {task!r}")
     stage.run(_stage_params(stage, params, set_), manifest, features, model, llm, out, predictions_dir,
-              roles=(task,) if task else ("mer", "ov", "emer"), predictions=predictions)
+              roles=(task,) if task else ("mer", "ov", "emer"), predictions=predictions, controller=controller,
+              controller_weights=controller_weights)
 
 
 @app.command()
@@ -334,6 +337,21 @@ def mechanism(out: Annotated[Path, typer.Option(help="the mechanism checks' metr
     from pipeline.stages import mechanism as stage
 
     stage.run(_stage_params(stage, params, set_), out)
+
+
+@app.command()
+@friendly
+def adaptive(out: Annotated[Path, typer.Option(help="folder of adaptive.json and robustness.json")] = Path("metrics"),
+             manifest: Annotated[Path, typer.Option(help="manifest with the condition splits' ground truth")] = Path("data/manifest.parquet"),
+             features: Annotated[Path, typer.Option(help="folder of the feature stores")] = Path("data/features"),
+             model: Annotated[Path, typer.Option(help="the stage-1 model (its seed; the others train here)")] = Path("data/models/stage1"),
+             models: Annotated[Path, typer.Option(help="folder for each seed's neural controller")] = Path("data/models/adaptive"),
+             params: ParamsOpt = None, set_: SetOpt = None) -> None:
+    """The alignment controllers (fixed, fuzzy, neural, backstepping) on the harder conditions of data.robust:
+    offset tracking error and oscillation (adaptive.json), emotion F1 per corrupted split (robustness.json)."""
+    from pipeline.stages import adaptive as stage
+
+    stage.run(_stage_params(stage, params, set_), manifest, features, model, out, models)
 
 
 @app.command()

@@ -30,6 +30,7 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "ablate": ("pipeline.stages.train",), "lm": ("pipeline.stages.lm",), "tune": ("pipeline.stages.tune",),
     "tune_ablation": ("pipeline.stages.tune", "pipeline.stages.evaluate"),
     "evaluate": ("pipeline.stages.evaluate",), "mechanism": ("pipeline.stages.mechanism",),
+    "adaptive": ("pipeline.stages.adaptive",), "evaluate_controller": ("pipeline.stages.evaluate",),
     "report": ("pipeline.stages.report",),
 }
 # a stage whose params are not its modules' PARAMS: the module attribute that declares them

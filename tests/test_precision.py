@@ -39,8 +39,10 @@ def test_devices_resolve_or_fail_naming_the_key():
         resolve_dtype("fp8", "cpu")
 
 
-def _naive_scores(a, v, ma, mv, k, window):
-    """eq. 4-5 the slow way: the full L x L cosine matrix, then its diagonals."""
+def _naive_scores(a, v, ma, mv, k, window, local="distance"):
+    """eq. 4-5 the slow way: the full L x L product matrix, then its diagonals; each window's local distance from
+    its own pairs (non-overlapping windows: hop = window): the mean ||a - v||, or one minus the correlation
+    centred on the window's means."""
     b, t, _ = a.shape
     d_loc, c_glob = torch.zeros(b, 2 * k + 1), torch.zeros(b, 2 * k + 1)
     for i in range(b):
@@ -49,28 +51,39 @@ def _naive_scores(a, v, ma, mv, k, window):
             pairs = [(s, s + tau) for s in range(t) if 0 <= s + tau < v.shape[1] and ma[i, s] and mv[i, s + tau]]
             if not pairs:
                 continue
-            cos = torch.stack([g[s, u] for s, u in pairs])
+            cos = torch.stack([g[s, u] / (a[i, s].norm() * v[i, u].norm()).clamp_min(1e-6) for s, u in pairs])
             c_glob[i, j] = cos.mean()
-            dist = torch.sqrt((2 - 2 * cos).clamp_min(1e-8))
             wins = {}
-            for (s, _), dd in zip(pairs, dist):
-                wins.setdefault(s // window, []).append(dd)
-            d_loc[i, j] = torch.stack([torch.stack(w).mean() for w in wins.values()]).mean()
+            for s, u in pairs:
+                wins.setdefault(s // window, []).append((s, u))
+            ds = []
+            for w in wins.values():
+                xa = torch.stack([a[i, s] for s, _ in w])
+                xv = torch.stack([v[i, u] for _, u in w])
+                if local == "distance":
+                    ds.append((xa - xv).norm(dim=-1).mean())
+                    continue
+                if len(w) < 2:
+                    continue
+                xa, xv = xa - xa.mean(0), xv - xv.mean(0)
+                ds.append(1 - (xa * xv).sum() / torch.sqrt((xa * xa).sum() * (xv * xv).sum() + 1e-8))
+            d_loc[i, j] = torch.stack(ds).mean()
     return d_loc, c_glob
 
 
 def test_banded_scores_equal_the_full_matrix():
     torch.manual_seed(0)
-    a = torch.nn.functional.normalize(torch.randn(2, 23, 6), dim=-1)
-    v = torch.nn.functional.normalize(torch.randn(2, 19, 6), dim=-1)
+    a = torch.randn(2, 23, 6)  # unnormalised: both local forms and the normalised global term
+    v = torch.randn(2, 19, 6)
     ma = torch.ones(2, 23, dtype=torch.bool)
     mv = torch.ones(2, 19, dtype=torch.bool)
     ma[1, 20:], mv[0, 15:] = False, False
     a, v = a * ma[..., None], v * mv[..., None]
-    d, c, _ = shift_scores(a, v, ma, mv, 4, 5)
-    d0, c0 = _naive_scores(a, v, ma, mv, 4, 5)
-    torch.testing.assert_close(d, d0, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(c, c0, atol=1e-5, rtol=1e-5)
+    for local in ("distance", "correlation"):
+        d, c, _ = shift_scores(a, v, ma, mv, 4, 5, local=local)
+        d0, c0 = _naive_scores(a, v, ma, mv, 4, 5, local)
+        torch.testing.assert_close(d, d0, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(c, c0, atol=1e-5, rtol=1e-5)
 
 
 def test_shifted_views_share_storage_so_memory_is_linear_in_length():

@@ -11,6 +11,8 @@
   removed (role `unused`); each removal is listed with the evaluated clip it matched. The manifest's
   `content_key` column (filled per source by `esva ingest-source`) is used when present, so the merge
   reads no video.
+- A row whose `source:split` is in `data.robust` (harder conditions, `esva adaptive`) has role `robust`:
+  decoded and featurised, evaluated, never trained on (the leakage guard counts it as evaluated).
 - Everything else is `unused` (decoded by no stage).
 """
 
@@ -66,6 +68,7 @@ def assign_roles(df: pd.DataFrame, data_cfg, evaluate_cfg, hash_contents: bool =
     sources = {s.name for s in data_cfg.sources}
     train_pairs = set(parse_pairs(data_cfg.train, "data.train", sources))
     val_pairs = set(parse_pairs(data_cfg.val, "data.val", sources))
+    robust_pairs = set(parse_pairs(getattr(data_cfg, "robust", ()), "data.robust", sources))
     key = list(zip(df["source"].astype(str), df["split"].astype(str)))
     roles = ["unused"] * len(df)
     evaluated = np.zeros(len(df), bool)
@@ -74,6 +77,9 @@ def assign_roles(df: pd.DataFrame, data_cfg, evaluate_cfg, hash_contents: bool =
                 if (getattr(evaluate_cfg, r).source, getattr(evaluate_cfg, r).split) == k]
         if tags:
             roles[i] = ",".join(tags)
+            evaluated[i] = True
+        elif k in robust_pairs:
+            roles[i] = "robust"
             evaluated[i] = True
         elif k in val_pairs:
             roles[i] = "val"

@@ -145,6 +145,9 @@ class ClipSpec:
     transcript: str
     reason: str
     ov_labels: list[str]
+    condition: str = ""  # "" for the training corpus; drift | jump | noise | occlusion | missing (CONDITIONS)
+    offset_track: str = ""  # JSON [[t_s, offset_ms], ...]: the offset over the video's timeline (linear between)
+    corrupt_spans: str = "[]"  # JSON [[kind, start_s, end_s], ...]: audio_noise, occlusion, blur, missing_audio, missing_video
 
 
 def assign_labels(n: int, seed: int, fractions: tuple[float, float, float]) -> list[tuple[str, str]]:
@@ -202,6 +205,79 @@ def sample_spec(index: int, label: str, split: str, cfg) -> ClipSpec:
     spec.jaw_rest = FACE_CUES[label].get("jaw", 0.0) * spec.face_intensity
     spec.reason = describe(spec)
     return spec
+
+
+CONDITIONS = ("drift", "jump", "noise", "occlusion", "missing")  # `synth.conditions`: extra evaluation splits
+CONDITION_MIN_SECONDS = 3.5  # long enough for several eq. 4 windows on either side of a change
+
+
+def _spans(rng: np.random.Generator, duration: float, n: int, lo: float, hi: float) -> list[tuple[float, float]]:
+    """n non-overlapping spans of lo..hi seconds inside [0.2, duration - 0.2], sorted."""
+    out: list[tuple[float, float]] = []
+    for _ in range(50 * n):
+        if len(out) == n:
+            break
+        length = float(rng.uniform(lo, hi))
+        start = float(rng.uniform(0.2, max(0.2, duration - 0.2 - length)))
+        if all(start > e + 0.2 or start + length < s0 - 0.2 for s0, e in out):
+            out.append((start, start + length))
+    return sorted(out)
+
+
+def condition_spec(index: int, label: str, condition: str, cfg) -> ClipSpec:
+    """A clip of a harder evaluation condition: the training corpus' spec (same cues), at least
+    CONDITION_MIN_SECONDS long, with its offset track and corrupted spans drawn from its own stream.
+    - drift: the offset moves linearly from o0 to o1 (|o1 - o0| >= 0.5 max_offset_ms) over the clip;
+    - jump: o0 until a time in 35-65% of the clip, then o1 (|o1 - o0| >= 0.6 max_offset_ms);
+    - noise: two bursts of loud white noise (twice the clip's RMS) of 0.4-0.8 s in the audio;
+    - occlusion: two spans of 0.5-1.0 s where the lower face is covered (occlusion) or the frame blurred (blur);
+    - missing: one span of 25-40% of the clip where the audio is silent (missing_audio, even indices) or the
+      video black (missing_video, odd indices).
+    offset_ms is the track's mean over the clip (the per-clip figure)."""
+    if condition not in CONDITIONS:
+        raise ValueError(f"synth.conditions: unknown condition {condition!r}; choose from {list(CONDITIONS)}")
+    spec = sample_spec(index, label, condition, cfg)
+    rng = np.random.default_rng([cfg.seed, index, 2])
+    lo, hi = cfg.min_seconds, max(cfg.max_seconds, CONDITION_MIN_SECONDS)
+    u = (spec.duration_s - cfg.min_seconds) / (cfg.max_seconds - cfg.min_seconds) if cfg.max_seconds > lo else 1.0
+    dur = round(max(CONDITION_MIN_SECONDS + u * (hi - CONDITION_MIN_SECONDS), CONDITION_MIN_SECONDS) * cfg.fps) / cfg.fps
+    m = cfg.max_offset_ms
+    o0 = float(rng.uniform(-m, m))
+    knots: list[list[float]]
+    spans: list[list] = []
+    if condition in ("drift", "jump"):
+        least = (0.5 if condition == "drift" else 0.6) * m
+        room_up, room_down = m - o0, o0 + m
+        up = room_up >= least and (room_down < least or rng.random() < 0.5)
+        o1 = o0 + (1 if up else -1) * float(rng.uniform(least, room_up if up else room_down))
+        if condition == "drift":
+            knots = [[0.0, o0], [dur, o1]]
+        else:
+            tj = float(rng.uniform(0.35, 0.65)) * dur
+            knots = [[0.0, o0], [tj, o0], [tj + 1e-3, o1], [dur, o1]]
+    else:
+        knots = [[0.0, o0], [dur, o0]]
+        if condition == "noise":
+            spans = [["audio_noise", a, b] for a, b in _spans(rng, dur, 2, 0.4, 0.8)]
+        elif condition == "occlusion":
+            spans = [[str(rng.choice(["occlusion", "blur"])), a, b] for a, b in _spans(rng, dur, 2, 0.5, 1.0)]
+        else:
+            a, b = _spans(rng, dur, 1, 0.25 * dur, 0.4 * dur)[0]
+            spans = [["missing_audio" if index % 2 == 0 else "missing_video", a, b]]
+    knots = [[round(a, 4), round(b, 3)] for a, b in knots]
+    t = np.linspace(0.0, dur, 201)
+    spec.duration_s = dur
+    spec.offset_ms = float(np.mean(np.interp(t, [k[0] for k in knots], [k[1] for k in knots])))
+    spec.condition = condition
+    spec.offset_track = json.dumps(knots)
+    spec.corrupt_spans = json.dumps([[k, round(a, 4), round(b, 4)] for k, a, b in spans])
+    return spec
+
+
+def offset_at(track: str, t: np.ndarray) -> np.ndarray:
+    """The offset (ms) at times t (s) of an offset_track JSON."""
+    knots = json.loads(track)
+    return np.interp(t, [k[0] for k in knots], [k[1] for k in knots])
 
 
 def describe(s: ClipSpec) -> str:
@@ -440,8 +516,10 @@ def _warp(img: np.ndarray, field: np.ndarray) -> np.ndarray:
     return cv2.remap(img, xx - field[..., 0], yy - field[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
-def render_frames(s: ClipSpec, mouth: np.ndarray, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
-    """(N, H, W, 3) uint8 frames; `mouth` is the per-frame opening in [0, 1] (already shifted)."""
+def render_frames(s: ClipSpec, mouth: np.ndarray, width: int, height: int, rng: np.random.Generator,
+                  fps: int = 25) -> np.ndarray:
+    """(N, H, W, 3) uint8 frames; `mouth` is the per-frame opening in [0, 1] (already shifted). The video spans
+    of `s.corrupt_spans` are applied: occlusion (a grey box over the lower face), blur, missing_video (black)."""
     x0, y0, x1, y1 = SPRITE_BOX
     sprite = _astronaut()[y0:y1, x0:x1].astype(np.float32)
     sh, sw = sprite.shape[:2]
@@ -486,14 +564,26 @@ def render_frames(s: ClipSpec, mouth: np.ndarray, width: int, height: int, rng: 
         frame = bg * (1 - alpha) + face * alpha
         frame += rng.normal(0, 2.0, size=(height, width, 1))
         frames[i] = np.clip(frame, 0, 255).astype(np.uint8)
+    for kind, a, b in json.loads(s.corrupt_spans or "[]"):
+        lo, hi = int(round(a * fps)), min(n, int(round(b * fps)))
+        for i in range(lo, hi):
+            if kind == "missing_video":
+                frames[i] = 0
+            elif kind == "blur":
+                frames[i] = cv2.GaussianBlur(frames[i], (0, 0), 7)
+            elif kind == "occlusion":  # the lower half of the face: the mouth never shows
+                fx0, fx1 = int(cx + dxs[i] - 0.4 * sw * scale), int(cx + dxs[i] + 0.4 * sw * scale)
+                fy0, fy1 = int(cy + dys[i] + 0.05 * sh * scale), int(cy + dys[i] + 0.5 * sh * scale)
+                frames[i, max(0, fy0):max(0, fy1), max(0, fx0):max(0, fx1)] = 128
     return frames
 
 
-def mouth_track(env: np.ndarray, sr: int, fps: int, n_frames: int, offset_ms: float) -> np.ndarray:
-    """Mouth opening per video frame: the smoothed voicing envelope at time t - offset."""
+def mouth_track(env: np.ndarray, sr: int, fps: int, n_frames: int, offset_ms: float | np.ndarray) -> np.ndarray:
+    """Mouth opening per video frame: the smoothed voicing envelope at time t - offset (one offset, or one
+    per frame: the offset track on the video's timeline)."""
     smooth = gaussian_filter1d(env, sigma=0.02 * sr)
     peak = smooth.max() if smooth.max() > 0 else 1.0
-    t = np.arange(n_frames) / fps - offset_ms / 1000.0
+    t = np.arange(n_frames) / fps - np.asarray(offset_ms) / 1000.0
     val = np.interp(t * sr, np.arange(len(smooth)), smooth / peak, left=0.0, right=0.0)
     return np.clip(val, 0, 1) ** 0.7
 
@@ -526,16 +616,38 @@ def encode_mp4(path: Path, frames: np.ndarray, audio: np.ndarray, fps: int, sr: 
 
 def generate_clip(index: int, label: str, split: str, cfg, out_dir: str) -> dict:
     """Generate one clip into out_dir/videos; returns its ground-truth row."""
-    spec = sample_spec(index, label, split, cfg)
+    spec = condition_spec(index, label, split, cfg) if split in CONDITIONS else sample_spec(index, label, split, cfg)
     rng = np.random.default_rng([cfg.seed, index, 1])
     audio, env = synth_audio(spec, cfg.sample_rate, rng)
     n_frames = int(round(spec.duration_s * cfg.fps))
-    mouth = mouth_track(env, cfg.sample_rate, cfg.fps, n_frames, spec.offset_ms)
-    frames = render_frames(spec, mouth, cfg.width, cfg.height, rng)
+    offset = offset_at(spec.offset_track, np.arange(n_frames) / cfg.fps) if spec.offset_track else spec.offset_ms
+    mouth = mouth_track(env, cfg.sample_rate, cfg.fps, n_frames, offset)
+    frames = render_frames(spec, mouth, cfg.width, cfg.height, rng, cfg.fps)
+    audio = corrupt_audio(audio, spec, cfg.sample_rate, np.random.default_rng([cfg.seed, index, 3]))
     encode_mp4(Path(out_dir) / "videos" / f"{spec.clip_id}.mp4", frames, audio, cfg.fps, cfg.sample_rate, cfg.crf)
     row = asdict(spec)
     row["ov_labels"] = json.dumps(spec.ov_labels)
     return row
+
+
+def corrupt_audio(audio: np.ndarray, s: ClipSpec, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """The audio spans of `s.corrupt_spans`: audio_noise (white noise at twice the clip's RMS, -6 dB SNR),
+    missing_audio (silence with a -80 dB floor). A clip that would clip is scaled down as a whole."""
+    spans = json.loads(s.corrupt_spans or "[]")
+    if not spans:
+        return audio
+    out = audio.astype(np.float64).copy()
+    rms = float(np.sqrt(np.mean(out ** 2))) + 1e-9
+    for kind, a, b in spans:
+        lo, hi = int(a * sr), min(len(out), int(b * sr))
+        if kind == "audio_noise":
+            out[lo:hi] += rng.standard_normal(hi - lo) * 2.0 * rms
+        elif kind == "missing_audio":
+            out[lo:hi] = rng.standard_normal(hi - lo) * 1e-4
+    peak = np.abs(out).max()
+    if peak > 0.98:
+        out *= 0.98 / peak
+    return out.astype(np.float32)
 
 
 def _worker(args) -> dict:
@@ -547,9 +659,17 @@ def _worker(args) -> dict:
 
 
 def clip_jobs(cfg, out_dir: str) -> list[tuple]:
+    """The training corpus' clips (indices 0..n_clips-1), then each condition's (`synth.conditions`, in
+    CONDITIONS order, labels dealt round-robin so each condition is balanced), indices after them."""
     fr = (cfg.split.train, cfg.split.val, cfg.split.test)
     cfg_json = cfg.model_dump_json()
-    return [(i, lab, sp, cfg_json, out_dir) for i, (lab, sp) in enumerate(assign_labels(cfg.n_clips, cfg.seed, fr))]
+    jobs = [(i, lab, sp, cfg_json, out_dir) for i, (lab, sp) in enumerate(assign_labels(cfg.n_clips, cfg.seed, fr))]
+    index = cfg.n_clips
+    for cond in CONDITIONS:
+        for k in range(cfg.conditions.get(cond, 0)):
+            jobs.append((index, LABELS[k % len(LABELS)], cond, cfg_json, out_dir))
+            index += 1
+    return jobs
 
 
 def ov_to_mer2024(labels: list[str]) -> str:
@@ -561,5 +681,5 @@ def gt_columns() -> list[str]:
     return list(ClipSpec.__dataclass_fields__)
 
 
-__all__ = ["AUDIO_CUES", "FACE_CUES", "ClipSpec", "assign_labels", "clip_jobs", "generate_clip", "describe",
+__all__ = ["CONDITIONS", "condition_spec", "offset_at", "corrupt_audio", "AUDIO_CUES", "FACE_CUES", "ClipSpec", "assign_labels", "clip_jobs", "generate_clip", "describe",
            "sample_spec", "synth_audio", "render_frames", "mouth_track", "ov_to_mer2024"]

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from esva.models.align import Aligner, lengths_to_mask, to_rate
-from esva.models.fusion import masked_mean
+from esva.models.fusion import weighted_mean
 
 LAYOUTS = ("esva", "emotion_llama")
 NEEDS = ("hubert", "mae", "videomae", "eva")  # the feature stores stage 2 reads
@@ -31,17 +31,21 @@ EXTRA = {"eva_patches": ("eva", "patches"), "eva_cls": ("eva", "cls_utt")}  # an
 PATCH_GROUP = 4  # Emotion-LLaMA concatenates 4 consecutive patch tokens into one LLM token
 
 
-def pool_tokens(x: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
+def pool_tokens(x: torch.Tensor, mask: torch.Tensor, n: int, weights: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T, D), valid mask (B, T) -> (B, n, D): token j is the mean over the valid frames of rank
     [floor(j L/n), max(ceil((j+1) L/n), floor(j L/n) + 1)) among a clip's L valid frames, wherever
-    they sit (the aligned video's valid frames may start late)."""
+    they sit (the aligned video's valid frames may start late). With `weights` (B, T), the frames' reliability:
+    the weighted mean, times the token's mean weight (an unreliable stretch gives a small token)."""
     lens = mask.sum(1).clamp_min(1).to(x.dtype)[:, None]  # (B, 1)
     j = torch.arange(n, device=x.device, dtype=x.dtype)[None]  # (1, n)
     start = torch.floor(j * lens / n)
     end = torch.maximum(torch.ceil((j + 1) * lens / n), start + 1)
     rank = (mask.long().cumsum(1) - 1).to(x.dtype)[:, None, :]  # (B, 1, T): index among valid frames
     w = ((rank >= start[..., None]) & (rank < end[..., None]) & mask[:, None, :]).to(x.dtype)  # (B, n, T)
-    return (w @ x) / w.sum(-1, keepdim=True).clamp_min(1.0)
+    if weights is None:
+        return (w @ x) / w.sum(-1, keepdim=True).clamp_min(1.0)
+    wr = w * weights.to(x.dtype)[:, None, :]
+    return (wr @ x) / wr.sum(-1, keepdim=True).clamp_min(1e-6) * (wr.sum(-1, keepdim=True) / w.sum(-1, keepdim=True).clamp_min(1.0))
 
 
 def stage1_streams(model, batch: dict, rates: dict[str, float], n_audio: int, n_video: int,
@@ -51,12 +55,19 @@ def stage1_streams(model, batch: dict, rates: dict[str, float], n_audio: int, n_
     VideoMAE, the EVA patch tokens (B, P, D_eva) and CLS (B, D_eva). A count of 0 skips that stream (and MSFE
     and the aligner when neither is asked for: Emotion-LLaMA's layout reads only the utterance means)."""
     out: dict[str, torch.Tensor] = {}
+    rel = getattr(model, "reliability", None)  # train.reliability: the frames' typicality (esva/models/fusion.py)
+
+    def r_of(n: str) -> torch.Tensor | None:
+        if rel is None or n not in rel:
+            return None
+        return rel[n](batch[n], lengths_to_mask(batch[f"{n}_len"], batch[n].shape[1]))
+
     if n_audio or n_video:
         x, lens = batch["hubert"], batch["hubert_len"]
         m = lengths_to_mask(lens, x.shape[1])
         a_seq = model.msfe(x, m) if model.msfe is not None else x  # (B, T, D_hubert)
         if n_audio:
-            out["audio"] = pool_tokens(a_seq, m, n_audio)
+            out["audio"] = pool_tokens(a_seq, m, n_audio, r_of("hubert"))
     if n_video:
         vname = model.align_video or video
         v, lv = to_rate(batch[vname], batch[f"{vname}_len"], rates[vname], model.align_rate)
@@ -65,12 +76,19 @@ def stage1_streams(model, batch: dict, rates: dict[str, float], n_audio: int, n_
             a, la = to_rate(a_seq, lens, rates["hubert"], model.align_rate)
             ma = lengths_to_mask(la, a.shape[1])
             al = model.aligner(a, v, ma, mv)
-            v_al, m_al = Aligner.shift_video(v, mv, al["p"], model.aligner.k, a.shape[1])  # on the audio's axis
-            out["video"] = pool_tokens(v_al, ma & m_al, n_video)
+            v_al, m_al = Aligner.shift_video_tv(v, mv, al["p_frames"], model.aligner.k, a.shape[1])  # on the audio's axis
+            r_v = r_of(vname)
+            if r_v is not None:  # the video's reliability, at align.rate, moved with it
+                r_v = to_rate(r_v[..., None], batch[f"{vname}_len"], rates[vname], model.align_rate)[0]
+                r_v = Aligner.shift_video_tv(r_v, mv, al["p_frames"], model.aligner.k, a.shape[1])[0][..., 0]
+            out["video"] = pool_tokens(v_al, ma & m_al, n_video, r_v)
         else:
-            out["video"] = pool_tokens(v, mv, n_video)
+            r_v = r_of(vname)
+            if r_v is not None:
+                r_v = to_rate(r_v[..., None], batch[f"{vname}_len"], rates[vname], model.align_rate)[0][..., 0]
+            out["video"] = pool_tokens(v, mv, n_video, r_v)
     for n in ("hubert", "mae", "videomae"):
-        out[n] = masked_mean(batch[n], lengths_to_mask(batch[f"{n}_len"], batch[n].shape[1]))
+        out[n] = weighted_mean(batch[n], lengths_to_mask(batch[f"{n}_len"], batch[n].shape[1]), r_of(n))
     out["eva_patches"], out["eva_cls"] = batch["eva_patches"], batch["eva_cls"]
     return out
 

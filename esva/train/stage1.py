@@ -25,6 +25,7 @@ from esva.losses import supervised_contrastive, total_loss
 from esva.data.manifest import corpus_of
 from esva.data.roles import roles_of, stage_split
 from esva.eval.sync import offset_errors
+from esva.models.align import window_starts
 from esva.models.fusion import FRAME_LEVEL, FusionClassifier
 from esva.models.msfe import receptive_field
 from esva.store import open as open_store
@@ -221,7 +222,7 @@ def predict(model: FusionClassifier, clips: list[Clip], use, batch_size: int, de
     """Probabilities (fused, audio-only, video-only) and tau* for `clips`, on the model's device by default."""
     model.eval()
     device = device or next(model.parameters()).device
-    probs, aprobs, vprobs, taus, ids = [], [], [], [], []
+    probs, aprobs, vprobs, taus, tracks, ids = [], [], [], [], [], []
     for part in prefetch_batches(_batches(clips, batch_size), _warm):
         with autocast(str(device), dtype):
             out = model(_to(collate(part, use), device))
@@ -231,7 +232,12 @@ def predict(model: FusionClassifier, clips: list[Clip], use, batch_size: int, de
         if "video_logits" in out:
             vprobs.append(out["video_logits"].float().softmax(-1).cpu())
         if "align" in out:
-            taus.append(out["align"]["tau_star"].float().cpu())
+            al = out["align"]
+            taus.append(al["tau_star"].float().cpu())
+            aligner = model.aligner
+            for i in range(len(part)):  # the windows inside each clip's own frames (eq. 4: tau*(t))
+                n = window_starts(int(al["ma"][i].sum()), aligner.window, aligner.hop)
+                tracks.append(al["tau_track"][i, :n].float().cpu().numpy())
         ids += [c.clip_id for c in part]
     n_classes = model.head[-1].out_features
     res = {"clip_ids": ids, "probs": torch.cat(probs).numpy() if probs else np.zeros((0, n_classes))}
@@ -241,6 +247,7 @@ def predict(model: FusionClassifier, clips: list[Clip], use, batch_size: int, de
         res["video_probs"] = torch.cat(vprobs).numpy()
     if taus:
         res["tau_frames"] = torch.cat(taus).numpy()
+        res["tau_tracks"] = tracks  # per clip: the offset of each window (frames at align.rate), window-hop apart
     return res
 
 
@@ -397,6 +404,12 @@ def train(data: FeatureData, use: tuple[str, ...], msfe_cfg, contrast_cfg, align
     final = accel.unwrap_model(model)
     if best_state is not None:
         final.load_state_dict(best_state)
+    if final.aligner is not None and final.aligner.controller_name == "neural":  # its network, on the trained aligner
+        from esva.train.controllers import fit_neural_controller
+
+        fit_neural_controller(final, data.split("train"), use, train_cfg.batch_size, train_cfg.seed,
+                              align_cfg.neural_steps, align_cfg.neural_lr, ctrl=final.aligner.controller)
+        final.eval()
     return TrainResult(final, history, best_epoch, stopped, dtype)
 
 

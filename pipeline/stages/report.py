@@ -28,11 +28,14 @@ def _load(path: Path) -> dict | None:
 def load_metrics(m: Path) -> dict:
     """Every metrics file the tables read, as dicts (None where a file is absent)."""
     out = {k: _load(m / f"{k}.json") for k in ("train", "tune", "mer2023", "mer2024_ov", "emer", "alignment",
-                                               "alignment_reference", "mechanism")}
+                                               "alignment_reference", "mechanism", "adaptive", "robustness")}
     out["ablation"] = {p.stem: _load(p) for p in sorted((m / "ablation").glob("*.json"))}
     # the stage-2 runs of Table 6 (tune_ablation@...): evaluate's mer2023.json and tune's tune.json per variant
     out["stage2"] = {d.name: {"mer2023": _load(d / "mer2023.json"), "tune": _load(d / "tune.json")}
                      for d in sorted((m / "stage2_ablation").glob("*")) if d.is_dir()}
+    # Table 7: evaluate_controller@<name> (the stage-2 metrics with each alignment controller)
+    out["controllers"] = {d.name: {k: _load(d / f"{k}.json") for k in ("mer2023", "mer2024_ov", "emer", "skipped")}
+                          for d in sorted((m / "controllers").glob("*")) if d.is_dir()}
     return out
 
 

@@ -167,3 +167,27 @@ def test_every_command_runs_without_a_params_file(tmp_path, monkeypatch):
     assert load_params(tmp_path / "params.yaml").decode.fps == 10
     res = CliRunner().invoke(app, ["decode", "--params", "nope.yaml"])
     assert res.exit_code == 2 and "params file not found: nope.yaml" in res.output
+
+
+def test_robust_splits_are_evaluated_never_trained_and_guarded():
+    """data.robust (esva adaptive's condition splits): role `robust`, decoded like evaluation rows, and a
+    training row with a robust clip's name is removed like any leak."""
+    import pandas as pd
+
+    from esva.config import DataConfig, EvaluateConfig
+    from esva.data.roles import assign_roles, stage_split
+
+    df = pd.DataFrame({"clip_id": [f"synthetic.c{i}" for i in range(5)], "name": ["a", "b", "c", "d", "c"],
+                       "source": "synthetic", "split": ["train", "val", "test", "drift", "train"],
+                       "label": "sad", "root": "/nowhere", "video_path": [f"{i}.mp4" for i in range(5)]})
+    df.loc[3, "name"] = "c2"
+    df.loc[4, "name"] = "c2"  # a training copy of the drift clip
+    cfg = DataConfig(robust=("synthetic:drift",))
+    out, rep = assign_roles(df, cfg, EvaluateConfig(), hash_contents=False)
+    roles = dict(zip(out["clip_id"], out["role"]))
+    assert roles == {"synthetic.c0": "train", "synthetic.c1": "val", "synthetic.c2": "eval:mer,eval:ov,eval:emer",
+                     "synthetic.c3": "robust", "synthetic.c4": "unused"}
+    assert rep["leak"]["clips"] == [{"clip_id": "synthetic.c4", "was": "train", "matches": "synthetic.c3", "by": "name"}]
+    assert stage_split("robust") is None  # the training stages never read it
+    with pytest.raises(ValueError, match="data.robust names source 'other'"):
+        assign_roles(df, DataConfig(robust=("other:drift",)), EvaluateConfig(), hash_contents=False)

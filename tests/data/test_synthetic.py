@@ -143,3 +143,109 @@ def test_same_seed_gives_byte_identical_videos(tmp_path):
     assert digests[0] == digests[1] and rows[0] == rows[1]
     other = generate_clip(3, "sad", "train", cfg.model_copy(update={"seed": 1}), str(tmp_path / "c"))
     assert other["offset_ms"] != rows[0]["offset_ms"]
+
+
+# --- harder conditions (synth.conditions): extra evaluation splits with their ground truth ------------------
+def test_condition_specs_keep_their_offset_track_and_corrupted_spans():
+    import json
+
+    from esva.data.synthetic import CONDITION_MIN_SECONDS, condition_spec, offset_at
+
+    cfg = SynthConfig()
+    for index in range(300, 312):
+        for cond in ("drift", "jump", "noise", "occlusion", "missing"):
+            s = condition_spec(index, "sad", cond, cfg)
+            assert s == condition_spec(index, "sad", cond, cfg)  # deterministic in (seed, index)
+            assert s.split == cond and s.condition == cond and s.duration_s >= CONDITION_MIN_SECONDS
+            knots = json.loads(s.offset_track)
+            offs = [o for _, o in knots]
+            assert max(abs(o) for o in offs) <= cfg.max_offset_ms + 1e-6
+            t = np.linspace(0, s.duration_s, 201)
+            assert s.offset_ms == pytest.approx(float(np.mean(offset_at(s.offset_track, t))), abs=1e-6)
+            spans = json.loads(s.corrupt_spans)
+            for _, a, b in spans:
+                assert 0 < a < b < s.duration_s
+            if cond == "drift":
+                assert len(knots) == 2 and abs(offs[1] - offs[0]) >= 0.5 * cfg.max_offset_ms - 1e-6 and not spans
+            elif cond == "jump":
+                assert len(knots) == 4 and offs[0] == offs[1] and offs[2] == offs[3]
+                assert abs(offs[2] - offs[0]) >= 0.6 * cfg.max_offset_ms - 1e-6
+                assert 0.35 * s.duration_s <= knots[1][0] <= 0.65 * s.duration_s
+            else:
+                assert len(set(offs)) == 1
+                kinds = {k for k, _, _ in spans}
+                assert {"noise": {"audio_noise"}, "occlusion": kinds & {"occlusion", "blur"} or {"x"},
+                        "missing": {"missing_audio" if index % 2 == 0 else "missing_video"}}[cond] == kinds
+                assert len(spans) == (1 if cond == "missing" else 2)
+                assert all(b2 > a2 for (_, a1, b1), (_, a2, b2) in zip(spans, spans[1:]) for _ in [0] if a2 > b1)
+
+
+def test_mouth_follows_a_drifting_offset():
+    sr, fps = 16000, 25
+    env = np.zeros(sr * 5)
+    env[int(1.0 * sr):int(1.3 * sr)] = 1.0
+    env[int(3.5 * sr):int(3.8 * sr)] = 1.0
+    offset = np.linspace(0.0, 200.0, 125)  # per video frame: 0 ms at the start, 200 ms at 5 s
+    m = mouth_track(env, sr, fps, 125, offset)
+    t = np.arange(125) / fps
+    for lo, hi, expect in ((0.5, 2.2, 1.15 + 0.047), (3.0, 4.5, 3.65 + 0.152)):
+        sel = (t >= lo) & (t < hi)
+        assert float(np.sum(t[sel] * m[sel]) / np.sum(m[sel])) == pytest.approx(expect, abs=0.03)
+
+
+def test_corruptions_change_their_spans_only():
+    import json
+
+    from esva.data.synthetic import condition_spec, corrupt_audio
+
+    cfg = SynthConfig()
+    s = condition_spec(302, "angry", "missing", cfg)  # even index: missing audio
+    kind, a, b = json.loads(s.corrupt_spans)[0]
+    assert kind == "missing_audio"
+    audio, _ = synth_audio(s, 16000, np.random.default_rng(0))
+    out = corrupt_audio(audio, s, 16000, np.random.default_rng(1))
+    lo, hi = int(a * 16000), int(b * 16000)
+    assert np.abs(out[lo:hi]).max() < 1e-3 and np.abs(audio[lo:hi]).max() > 1e-2
+    np.testing.assert_array_equal(out[:lo], audio[:lo])
+    noisy = condition_spec(300, "angry", "noise", cfg)
+    audio, _ = synth_audio(noisy, 16000, np.random.default_rng(0))
+    out = corrupt_audio(audio, noisy, 16000, np.random.default_rng(1))
+    rms = lambda x: float(np.sqrt(np.mean(x ** 2)))  # noqa: E731
+    first = json.loads(noisy.corrupt_spans)[0]
+    before = slice(0, int(first[1] * 16000))  # untouched (the clip may be scaled down as a whole to avoid clipping)
+    for _, a, b in json.loads(noisy.corrupt_spans):
+        seg = slice(int(a * 16000), int(b * 16000))
+        assert rms(out[seg]) / rms(out[before]) > 1.3 * rms(audio[seg]) / rms(audio[before])
+    # video: the spans' frames change (black, grey box, blur), the others are the clean rendering
+    for index, cond in ((303, "missing"), (301, "occlusion")):
+        sv = condition_spec(index, "happy", cond, cfg)
+        n = int(round(sv.duration_s * 25))
+        mouth = np.full(n, 0.3)
+        clean = dataclasses_replace(sv, corrupt_spans="[]")
+        f_bad = render_frames(sv, mouth, 160, 120, np.random.default_rng(5))
+        f_ok = render_frames(clean, mouth, 160, 120, np.random.default_rng(5))
+        inside = np.zeros(n, bool)
+        for kind, a, b in json.loads(sv.corrupt_spans):
+            inside[int(round(a * 25)):min(n, int(round(b * 25)))] = True
+            if kind == "missing_video":
+                assert not f_bad[int(round(a * 25))].any()
+        assert inside.any() and all(not np.array_equal(f_bad[i], f_ok[i]) for i in np.flatnonzero(inside))
+        np.testing.assert_array_equal(f_bad[~inside], f_ok[~inside])
+
+
+def dataclasses_replace(spec, **kw):
+    import dataclasses
+
+    return dataclasses.replace(spec, **kw)
+
+
+def test_condition_clips_follow_the_corpus_balanced_and_unknown_conditions_name_the_key():
+    from esva.data.synthetic import clip_jobs
+
+    cfg = SynthConfig(n_clips=12, conditions={"drift": 6, "missing": 3})
+    jobs = clip_jobs(cfg, "/tmp/x")
+    assert [j[0] for j in jobs] == list(range(21))
+    assert [j[2] for j in jobs[12:]] == ["drift"] * 6 + ["missing"] * 3
+    assert sorted(j[1] for j in jobs[12:18]) == sorted(LABELS)
+    with pytest.raises(ValueError, match="synth.conditions: unknown condition 'fog'"):
+        SynthConfig(conditions={"fog": 2})

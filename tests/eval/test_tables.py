@@ -126,8 +126,37 @@ def test_labels_paper_strings_and_definitions():
     assert empty[1].startswith("by definition of the metric") and "computed" not in " ".join(empty)
     assert empty[-3:] == ["0", "0", "0"]
     fuzzy, plain = _row(text, "## Table 7", "ESVA Fuzzy Control"), _row(text, "## Table 7", "ESVA (baseline)")
-    assert fuzzy[6] == "0.9076" and plain[6] == ""  # the paper's blank stays blank
+    assert fuzzy[7] == "0.9076" and plain[7] == ""  # the paper's blank stays blank
+    assert fuzzy[2] == "not run" and fuzzy[3] == "not run"  # no evaluate_controller metrics in this run
     assert "36 test clips" in text and "0.26" in text and "0.33" in text  # the single-seed detectability note
+
+
+def test_table7_fills_the_papers_layout_and_the_tracking_rows_with_their_controllers():
+    ctl = {c: {"mer2023": {"corpus": "synthetic", "split": "synthetic:test", "weighted_f1": f},
+               "emer": {"corpus": "synthetic", "label_overlap_proxy": 6.5},
+               "mer2024_ov": {"corpus": "synthetic", "avg": 0.3}}
+           for c, f in {"fixed": 0.41, "fuzzy": 0.42, "neural": 0.40, "backstepping": 0.39}.items()}
+    ci = lambda m, lo, hi: {"mean": m, "lo": lo, "hi": hi, "sd": 1.0, "n": 3}  # noqa: E731
+    track = {"drift": {"fixed": {"tracking_mae_ms": ci(60.0, 55.0, 65.0), "clips": 12, "windows": 300,
+                                 "oscillations_per_clip": 0.5, "in_spans_mae_ms": None},
+                       "fuzzy": {"tracking_mae_ms": ci(40.0, 35.0, 45.0), "clips": 12, "windows": 300,
+                                 "oscillations_per_clip": 0.4, "in_spans_mae_ms": None,
+                                 "vs_fixed": {"error_reduction_ms": ci(20.0, 15.0, 25.0), "beyond_seed_noise": True}}}}
+    f1 = {"drift": {"fixed": {"weighted_f1": ci(0.5, 0.4, 0.6)},
+                    "fuzzy": {"weighted_f1": ci(0.52, 0.41, 0.63),
+                              "paired_vs_fixed": {"diff": 0.02, "lo": -0.05, "hi": 0.09, "p": 0.5,
+                                                  "distinguishable": False, "n": 12, "seeds": 3}}}}
+    text = tables.build_report({"controllers": ctl, "adaptive": {"corpus": "synthetic", "tracking": track, "seeds": [0, 1, 2],
+                                                                 "window": 8, "hop": 4, "rate": 25.0, "model": "stage-1"},
+                                "robustness": {"corpus": "synthetic", "f1": f1}}, PAPER)
+    fuzzy, aac = _row(text, "## Table 7", "ESVA Fuzzy Control"), _row(text, "## Table 7", "ESVA backstepping (AAC)")
+    assert fuzzy[1] == "`fuzzy`" and "evaluate_controller@fuzzy" in fuzzy[2] and fuzzy[3] == "0.4200"
+    assert fuzzy[4] == "6.50 (proxy)" and fuzzy[5] == "30.00" and fuzzy[6].startswith("synthetic") and fuzzy[7] == "0.9076"
+    assert aac[1] == "`backstepping`" and aac[3] == "0.3900"
+    row = next(x for x in text.splitlines() if x.startswith("| drift (12 clips, 300 windows) | `fuzzy`"))
+    assert "40.0 [35.0, 45.0]" in row and "+20.0 [+15.0, +25.0] ms: beyond seed noise" in row
+    assert "not distinguishable from noise" in row and "0.5200 [0.4100, 0.6300]" in row
+    assert "Synthetic conditions" in text
 
 
 def test_alignment_rows_labelled():

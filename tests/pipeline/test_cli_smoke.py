@@ -40,7 +40,7 @@ def test_console_script_is_installed():
 def chain(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     p = str(ROOT / "params.yaml")
-    small = ["--set", "synth.n_clips=6", "--set", "synth.workers=1", "--set", "synth.min_seconds=1.0",
+    small = ["--set", "synth.n_clips=6", "--set", "synth.conditions={}", "--set", "synth.workers=1", "--set", "synth.min_seconds=1.0",
              "--set", "synth.max_seconds=1.4"]
     results = {
         "synth": esva("synth", "--params", p, *small, "--out", str(d / "raw"), "--metrics", str(d / "m")),

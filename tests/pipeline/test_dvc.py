@@ -61,7 +61,8 @@ def test_every_stage_is_an_esva_command_with_real_deps_and_params():
                     body = body.replace("${item}", item)
                 prefix = {"extract": f"esva extract {key}", "ablate": "esva train --variant",
                           "ingest-source": f"esva ingest-source {item.get('name') if isinstance(item, dict) else ''}",
-                          "tune_ablation": "esva tune --stage1 data/models/ablation/"}[name]
+                          "tune_ablation": "esva tune --stage1 data/models/ablation/",
+                          "evaluate_controller": f"esva evaluate --controller {key}"}[name]
                 _check_stage(f"{name}@{key}", yaml.safe_load(body), prefix)
         else:
             _check_stage(name, st, f"esva {name}")
@@ -148,9 +149,11 @@ def dvc_repo(tmp_path, monkeypatch):
         params = yaml.safe_load(fh)
     # 18 clips, 3 per label: one each for train, val (both stages choose epochs on it) and test
     params["synth"].update(n_clips=18, workers=1, min_seconds=1.0, max_seconds=1.4, width=160, height=128,
-                           split={"train": 0.34, "val": 0.33, "test": 0.33})
+                           split={"train": 0.34, "val": 0.33, "test": 0.33}, conditions={"drift": 2, "missing": 2})
+    params["data"]["robust"] = ["synthetic:drift", "synthetic:missing"]  # the adaptive stage's condition splits
+    params["adaptive"].update(seeds=1)
     params["train"].update(epochs=2, patience=1, batch_size=4)
-    params["align"].update(warmup_epochs=1, max_shift=4, window=4)
+    params["align"].update(warmup_epochs=1, max_shift=4, window=4, hop=2, neural_steps=5)
     params["msfe"].update(scales=2)
     params["llm"].update(vocab_size=320, hidden_size=32, layers=1, heads=2, intermediate_size=64, epochs=1, block=32)
     params["tune"].update(epochs=1, lora_r=4, audio_tokens=2, video_tokens=2, max_new_tokens=16)

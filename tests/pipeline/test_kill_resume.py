@@ -77,7 +77,7 @@ def same_store(a: Path, b: Path) -> int:
 def ref(tmp_path_factory):
     """An uninterrupted chain on 24 clips: the reference every killed run must reproduce."""
     d = tmp_path_factory.mktemp("killref")
-    run("synth", *P, "--set", "synth.n_clips=24", "--set", "synth.workers=1", "--set", "synth.min_seconds=1.0",
+    run("synth", *P, "--set", "synth.n_clips=24", "--set", "synth.conditions={}", "--set", "synth.workers=1", "--set", "synth.min_seconds=1.0",
         "--set", "synth.max_seconds=1.4", "--set", "synth.width=160", "--set", "synth.height=128",
         "--out", str(d / "raw"), "--metrics", str(d / "m"))
     run("ingest", *P, "--dataset", "synthetic", "--root", str(d / "raw"), "--out", str(d / "manifest.parquet"),

@@ -41,7 +41,7 @@ SMALL_LM = [x for kv in ("llm.vocab_size=320", "llm.hidden_size=32", "llm.layers
 def media(tmp_path_factory):
     d = tmp_path_factory.mktemp("matrix")
     p = ["--params", str(ROOT / "params.yaml")]
-    esva("synth", *p, "--set", "synth.n_clips=6", "--set", "synth.workers=1", "--set", "synth.min_seconds=1.0",
+    esva("synth", *p, "--set", "synth.n_clips=6", "--set", "synth.conditions={}", "--set", "synth.workers=1", "--set", "synth.min_seconds=1.0",
          "--set", "synth.max_seconds=1.4", "--out", str(d / "raw"), "--metrics", str(d / "m"))
     esva("ingest", *p, "--dataset", "synthetic", "--root", str(d / "raw"), "--out", str(d / "manifest.parquet"),
          "--metrics", str(d / "m"))
