@@ -6,7 +6,8 @@ plus the clean test split), the model runs in eval mode with that controller for
 
 - tracking error: per clip, the mean |tau_i - truth_i| in ms over its eq. 4 windows, truth_i the ground-truth
   offset track (`gt_offset_track`) at window i's centre; per condition, the mean over clips, then the mean and
-  t-interval over seeds. Inside and outside the corrupted spans (`gt_corrupt_spans`) separately.
+  t-interval over seeds. Inside and outside the corrupted spans (`gt_corrupt_spans`) separately. Beside them,
+  two references at the same windows: the clip's single offset (eq. 9's tau*) and predicting zero.
 - oscillation: sign changes of the error per clip (errors within half a frame ignored).
 - emotion F1 (weighted) on each split, by seed, for the interval over seeds and the paired bootstrap against
   `fixed` (esva.eval.stats).
@@ -69,7 +70,7 @@ def run_split(model, clips: list[Clip], truth: dict[str, tuple[str, str]], use, 
         al.controller = saved
     frame_ms = 1000.0 / al.rate
     per_clip = []
-    for c, track in zip(clips, pred["tau_tracks"]):
+    for c, track, clip_tau in zip(clips, pred["tau_tracks"], pred["tau_frames"]):
         if c.clip_id not in truth:  # no ground-truth offsets (a real corpus): F1 only
             continue
         tr, spans = truth[c.clip_id]
@@ -78,6 +79,9 @@ def run_split(model, clips: list[Clip], truth: dict[str, tuple[str, str]], use, 
         err = tau_ms - gt
         inside = in_spans(spans, len(err), al.window, al.hop, al.rate)
         per_clip.append({"clip_id": c.clip_id, "mae_ms": float(np.abs(err).mean()),
+                         # the references at the same windows: one offset per clip (eq. 9's tau*), and zero
+                         "clip_tau_mae_ms": float(np.abs(float(clip_tau) * frame_ms - gt).mean()),
+                         "zero_mae_ms": float(np.abs(gt).mean()),
                          "mae_in_spans_ms": float(np.abs(err[inside]).mean()) if inside.any() else None,
                          "mae_outside_spans_ms": float(np.abs(err[~inside]).mean()) if (~inside).any() else None,
                          "oscillations": sign_changes(err, frame_ms / 2), "windows": int(len(err))})
@@ -129,6 +133,14 @@ def summarise(runs: dict, gold: dict[str, list[str]], seeds: list[int], clips_of
                                    "beyond_seed_noise": bool(len(diff) > 1 and mean_ci(diff)["lo"] > 0),
                                    "clip_bootstrap": _clip_bootstrap(fixed, recs, b)}
             adaptive[split][ctrl] = row
+        if "skipped" not in adaptive[split]:  # references at the same windows (from the fixed runs: the same model)
+            fixed = [runs[s]["fixed"][split] for s in seeds]
+            adaptive[split]["references"] = {
+                "clip_tau_star": {"tracking_mae_ms": mean_ci([_mean(c["clip_tau_mae_ms"] for c in r["clips"])
+                                                              for r in fixed]),
+                                  "what": "one offset per clip (eq. 9's tau*, the clip-level estimate) at every window"},
+                "predict_zero": {"tracking_mae_ms": _mean(c["zero_mae_ms"] for c in fixed[0]["clips"]),
+                                 "what": "no estimation: offset 0 at every window"}}
     return adaptive, robust
 
 

@@ -36,7 +36,8 @@ def test_ground_truth_at_window_centres_and_corrupted_windows():
 
 def _rec(maes, preds, f1=0.5):
     return {"clips": [{"clip_id": f"c{i}", "mae_ms": m, "mae_in_spans_ms": None, "mae_outside_spans_ms": m,
-                       "oscillations": 0, "windows": 10} for i, m in enumerate(maes)],
+                       "clip_tau_mae_ms": 50.0, "zero_mae_ms": 90.0, "oscillations": 0, "windows": 10}
+                      for i, m in enumerate(maes)],
             "predictions": preds, "f1": {"weighted_f1": f1}}
 
 
@@ -54,7 +55,9 @@ def test_summaries_say_whether_a_controller_beats_fixed_beyond_seed_noise():
         runs[s] = {c: {"drift": _rec(base - (25 if c == "fuzzy" else 0) + (1 if c == "neural" else 0),
                                      gold["drift"] if c != "backstepping" else ["sad"] * 4)} for c in CONTROLLERS}
     track, robust = summarise(runs, gold, [0, 1, 2], clips, b=200)
-    assert set(track["drift"]) == set(CONTROLLERS)
+    assert set(track["drift"]) == set(CONTROLLERS) | {"references"}
+    refs = track["drift"]["references"]
+    assert refs["clip_tau_star"]["tracking_mae_ms"]["mean"] == 50.0 and refs["predict_zero"]["tracking_mae_ms"] == 90.0
     fz = track["drift"]["fuzzy"]["vs_fixed"]
     assert fz["beyond_seed_noise"] and fz["error_reduction_ms"]["mean"] == pytest.approx(25.0)
     assert not track["drift"]["neural"]["vs_fixed"]["beyond_seed_noise"]
