@@ -104,3 +104,34 @@ def test_training_steps_even_after_an_accumulating_run_left_accelerates_state_mi
     state.plugin_kwargs = {"num_steps": 2}
     after = train(data, USE, **CFGS)
     assert after.history == fresh.history and after.history[0]["train_loss"] != after.history[-1]["train_loss"]
+
+
+def test_a_neural_controller_is_trained_after_stage_1_and_travels_with_the_model(tmp_path):
+    """align.controller=neural: the network is fitted (not left at its untrained zero output, which would silently
+    be `fixed`) and saved in the model's weights; load_stage1 gives the same offset tracks. With
+    train.reliability, the running statistics travel too."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from esva.train.stage1 import load_stage1, predict
+
+    data = _data()
+    cfg = dict(CFGS, align_cfg=CFGS["align_cfg"].model_copy(update={"controller": "neural", "neural_steps": 20}),
+               train_cfg=CFGS["train_cfg"].model_copy(update={"reliability": True}))
+    res = train(data, ("hubert", "mae", "text"), **cfg)
+    net = res.model.aligner.controller.net
+    assert net[-1].weight.abs().sum() > 0  # trained: the last layer started at zero
+    assert int(res.model.reliability["hubert"].seen) > 0
+    out = tmp_path / "m"
+    out.mkdir()
+    save_file({k: v.detach().contiguous() for k, v in res.model.state_dict().items()}, str(out / "model.safetensors"))
+    json.dump({"labels": list(LABELS), "dims": data.dims, "rates": data.rates, "use": ["hubert", "mae", "text"],
+               "msfe": cfg["msfe_cfg"].model_dump(mode="json"), "align": cfg["align_cfg"].model_dump(mode="json"),
+               "train": cfg["train_cfg"].model_dump(mode="json")}, (out / "config.json").open("w"))
+    loaded, _ = load_stage1(out)
+    clips = data.split("val")
+    a, b = predict(res.model, clips, ("hubert", "mae", "text"), 8), predict(loaded, clips, ("hubert", "mae", "text"), 8)
+    for x, y in zip(a["tau_tracks"], b["tau_tracks"]):
+        np.testing.assert_allclose(x, y, atol=1e-5)
+    np.testing.assert_allclose(a["probs"], b["probs"], atol=1e-5)
