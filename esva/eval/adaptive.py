@@ -109,7 +109,7 @@ def summarise(runs: dict, gold: dict[str, list[str]], seeds: list[int], clips_of
             if len(recs[0]["clips"]) < len(gold[split]):
                 adaptive[split] = {"skipped": "no ground-truth offset track (gt_offset_track) for "
                                               f"{len(gold[split]) - len(recs[0]['clips'])} of {len(gold[split])} clips: "
-                                              "tracking error needs known offsets (the synthetic corpus has them)"}
+                                              "tracking error needs known offsets (esva synth's clips have them)"}
             f1s = [r["f1"]["weighted_f1"] for r in recs if r["f1"]]
             rrow = {"weighted_f1": mean_ci(f1s) if f1s else None, "by_seed": f1s,
                     "predictions": {"clip_ids": [c.clip_id for c in clips_of[split]], "gold": gold[split],
