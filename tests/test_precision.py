@@ -93,6 +93,17 @@ def test_shifted_views_share_storage_so_memory_is_linear_in_length():
     assert vs.untyped_storage().nbytes() <= 2 * (1000 + 16) * 4 * 4  # one padded copy, not 17 (nor L x L)
 
 
+def test_time_varying_shift_takes_bf16_features_with_fp32_weights():
+    """The shift fusion and stage 2 use (per-frame p): bf16 features never meet fp32 weights in one op."""
+    v = torch.randn(2, 30, 5)
+    p = torch.softmax(torch.randn(2, 7, 30), 1)
+    m = torch.ones(2, 30, dtype=torch.bool)
+    out32, _ = Aligner.shift_video_tv(v, m, p, 3, 30)
+    out16, valid = Aligner.shift_video_tv(v.bfloat16(), m, p, 3, 30)
+    assert out16.dtype == torch.float32 and valid.all()
+    torch.testing.assert_close(out16, out32, atol=0.05, rtol=0.02)
+
+
 def test_shift_video_takes_bf16_features_with_fp32_weights():
     """The crash of `make demo` on bf16 machines: index_add_ of a bf16 source into an fp32 matrix."""
     v = torch.randn(2, 30, 5)
