@@ -497,6 +497,23 @@ class MechanismConfig(Strict):
         return self
 
 
+class ComputeConfig(Strict):
+    """How `esva extract` spreads its clips over processes (README "Many GPUs, many machines").
+
+    - `single`: one process (the default).
+    - `multi-gpu`: `esva extract` starts itself under torchrun with `processes` processes on this machine
+      (one per GPU; gloo on a CPU), each extracting one shard of the clips on its own device (cuda:LOCAL_RANK),
+      then rank 0 merges the shards into the store.
+    - `multi-node`: the shards come from a launcher over machines (a SLURM array running
+      `esva extract ENC --shard I/N` with N = `shards`); `esva extract ENC` (what `dvc repro` runs) merges them,
+      and names every shard that is missing or stale.
+    Where the clips are computed never changes what is stored: the store's recipe is the same."""
+
+    launcher: Literal["single", "multi-gpu", "multi-node"] = "single"
+    processes: int = Field(1, ge=1)
+    shards: int = Field(1, ge=1)
+
+
 class Params(Strict):
     """The whole params.yaml. Sections for later stages are added by their issues."""
 
@@ -506,6 +523,7 @@ class Params(Strict):
     decode: DecodeConfig = DecodeConfig()
     crop: CropConfig = CropConfig()
     features: FeaturesConfig = FeaturesConfig()
+    compute: ComputeConfig = ComputeConfig()
     msfe: MsfeConfig = MsfeConfig()
     contrast: ContrastConfig = ContrastConfig()
     align: AlignConfig = AlignConfig()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import logging
 import sys
 from pathlib import Path
@@ -199,16 +200,51 @@ def extract(encoder: Annotated[str, typer.Argument(help="hubert, mae, videomae, 
             faces: Annotated[Path, typer.Option(help="face store (vision encoders)")] = Path("data/interim/faces.zarr"),
             manifest: Annotated[Path, typer.Option(help="manifest (text encoder)")] = Path("data/manifest.parquet"),
             models: Annotated[Path, typer.Option(help="folder for tiny checkpoints and weight provenance")] = Path("data/models/encoders"),
+            shard: Annotated[Optional[str], typer.Option(help="I/N: extract shard I (0-based) of N into OUT.shards/ "
+                                                                   "(one task of a SLURM array); merge with --merge N")] = None,
+            merge: Annotated[Optional[int], typer.Option(help="merge the N shards in OUT.shards/ into OUT")] = None,
             params: ParamsOpt = None, set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
-    """Frozen-encoder features, frame-level and utterance-level, into a Zarr store (params `features.ENCODER`); resumable."""
+    """Frozen-encoder features, frame-level and utterance-level, into a Zarr store (params `features.ENCODER`); resumable.
+
+    Under torchrun or `accelerate launch` each process extracts its own shard on its own GPU and rank 0
+    merges them; params `compute.launcher` makes `esva extract` do that by itself (README)."""
     from esva.config import ENCODERS, ConfigError
     from pipeline.stages import extract as stage
 
     if encoder not in ENCODERS:
         raise ConfigError(f"ENCODER must be one of {list(ENCODERS)}, got {encoder!r}")
     p = _stage_params(stage, params, set_, encoder)
-    stage.run(encoder, getattr(p.features, encoder), out or Path(f"data/features/{encoder}.zarr"), decoded=decoded,
-              faces=faces, manifest=manifest, models_dir=models, metrics_dir=metrics)
+    cfg, out = getattr(p.features, encoder), out or Path(f"data/features/{encoder}.zarr")
+    where = dict(decoded=decoded, faces=faces, manifest=manifest)
+    if shard is not None and merge is not None:
+        raise ConfigError("--shard and --merge are two steps: run the shards, then merge them")
+    if merge is not None:
+        stage.merge(encoder, cfg, out, merge, metrics_dir=metrics, **where)
+        return
+    if shard is not None:
+        try:
+            stage.run(encoder, cfg, out, models_dir=models, metrics_dir=metrics, shard=stage.parse_shard(shard), **where)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # one process of torchrun / accelerate launch: its shard, then rank 0 merges
+        from pipeline.distributed import sharded_extract
+
+        sharded_extract(stage, encoder, cfg, out, models, metrics, where)
+        return
+    if p.compute.launcher == "multi-gpu" and p.compute.processes > 1:
+        from pipeline.distributed import relaunch
+
+        relaunch(p.compute.processes)
+        return
+    if p.compute.launcher == "multi-node":
+        if p.compute.shards < 2:
+            raise ConfigError("compute.launcher is multi-node but compute.shards is "
+                              f"{p.compute.shards}: set it to the N of the array's `--shard I/N`")
+        stage.merge(encoder, cfg, out, p.compute.shards, metrics_dir=metrics, **where)
+        return
+    stage.run(encoder, cfg, out, models_dir=models, metrics_dir=metrics, **where)
 
 
 @app.command()

@@ -225,7 +225,7 @@ def rewrite_dvc_yaml(path: Path = ROOT / "dvc.yaml") -> str:
                 out += [x for x in items if not re.match(r"^\s+- (esva|pipeline)/", x)]
                 out += [f"{indent}  - {f}" for f in code_deps(stage)]
             else:
-                keys = ["features.${key}"] if stage == "extract" else params_keys(stage)
+                keys = list(params_keys(stage, "${key}")) if stage == "extract" else params_keys(stage)
                 out += [f"{indent}  - {k}" for k in keys]
             continue
         out.append(line)

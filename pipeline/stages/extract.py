@@ -1,24 +1,57 @@
-"""`esva extract ENCODER`: frozen-encoder features -> data/features/<encoder>.zarr."""
+"""`esva extract ENCODER`: frozen-encoder features -> data/features/<encoder>.zarr.
+
+Shards (`--shard I/N`, or one per process under torchrun / `accelerate launch`): shard I of N takes every
+N-th clip of the clips sorted longest first (so the shards carry equal work, and a clip's shard does not
+depend on what is already done) and writes its own store beside the output,
+`<out>.shards/I-of-N.zarr`, with the output's recipe. `merge` checks that every shard is there, complete
+and made from the current inputs with the same recipe (else it names the shard, or the clip, and the
+command that remakes it), and copies the clips into the output store, as a single process would have
+written them (same fields, attrs, digests and skip records).
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from esva import __version__
 from esva.precision import precision_record
 from esva.config import config_hash
 from esva.data.manifest import corpus_of, read_manifest
-from esva.provenance import clip_digest, code_digest, text_digest
+from esva.provenance import atomic_write_json, clip_digest, code_digest, text_digest
 from esva.encoders import REGISTRY, load_encoder
-from esva.encoders.engine import feature_fields, run_extraction
+from esva.encoders.engine import Timings, feature_fields, run_extraction
 from esva.store import RaggedWriter, StoreError
 from esva.store import open as open_store
 from pipeline.common import Rate, StageReport, log, progress
 
 def params_for(encoder: str) -> tuple[str, ...]:
     """The params keys `esva extract ENCODER` reads (pipeline/deps.py; dvc.yaml lists exactly these)."""
-    return (f"features.{encoder}",)
+    return (f"features.{encoder}", "compute")
+
+
+def shard_of(lengths: dict[str, int], index: int, count: int) -> dict[str, int]:
+    """Shard `index` of `count`: every count-th clip of the clips sorted by length (longest first, then id)."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: the index must be in 0..{count - 1}")
+    order = sorted(lengths, key=lambda c: (-lengths[c], c))
+    return {c: lengths[c] for c in order[index::count]}
+
+
+def shard_path(out: Path, index: int, count: int) -> Path:
+    return Path(out).parent / f"{Path(out).name}.shards" / f"{index}-of-{count}.zarr"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`I/N` (0-based I) -> (I, N); anything else is an error naming the value."""
+    try:
+        i, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard {text!r}: need N >= 1 and 0 <= I < N")
+    return i, n
 
 
 OUTPUT_EXCLUDE = ("batch_budget", "device", "dtype", "max_skip_ratio")  # knobs that do not change what is stored
@@ -41,14 +74,8 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.zarr"),
-        faces: Path = Path("data/interim/faces.zarr"), manifest: Path = Path("data/manifest.parquet"),
-        models_dir: Path = Path("data/models/encoders"), metrics_dir: Path | None = Path("metrics"),
-        provenance_dir: Path | None = None) -> StageReport:
-    """`provenance_dir` (default `models_dir/<name>`) receives source.json, where the weights came from."""
-    _quiet_transformers()
-    if name not in REGISTRY:
-        raise ValueError(f"unknown encoder {name!r}; choose from {sorted(REGISTRY)}")
+def _inputs(name: str, decoded: Path, faces: Path, manifest: Path):
+    """What the encoder reads: (corpus, input lengths, input digests, input rate, load(clip_id))."""
     modality = REGISTRY[name].modality
     # the input first (a missing store is a clear error), then the checkpoint, before any clip
     def source(path: Path, stage: str):
@@ -84,6 +111,26 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
         lengths = {c: len(t or "") for c, t in texts.items()}
         rate_in = None
         load = texts.__getitem__
+    return corpus, lengths, inputs, rate_in, load
+
+
+def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.zarr"),
+        faces: Path = Path("data/interim/faces.zarr"), manifest: Path = Path("data/manifest.parquet"),
+        models_dir: Path = Path("data/models/encoders"), metrics_dir: Path | None = Path("metrics"),
+        provenance_dir: Path | None = None, shard: tuple[int, int] | None = None, prefetch: int = 2) -> StageReport:
+    """`provenance_dir` (default `models_dir/<name>`) receives source.json, where the weights came from.
+    `shard` (I, N): extract shard I of N into `shard_path(out, I, N)` (its report beside it, not in metrics/)."""
+    _quiet_transformers()
+    if name not in REGISTRY:
+        raise ValueError(f"unknown encoder {name!r}; choose from {sorted(REGISTRY)}")
+    corpus, lengths, inputs, rate_in, load = _inputs(name, decoded, faces, manifest)
+    shard_name = ""
+    if shard is not None:
+        index, count = shard
+        lengths = shard_of(lengths, index, count)
+        inputs = {c: inputs[c] for c in lengths}
+        out = shard_path(out, index, count)
+        shard_name = f".shard-{index}-of-{count}"
     encoder, prov = load_encoder(name, cfg, models_dir)
     encoder.budget = cfg.batch_budget
     if name == "mae":
@@ -91,11 +138,10 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
     elif name == "videomae":
         encoder.frame_rate = rate_in / encoder.tubelet
     prov_dir = Path(provenance_dir or Path(models_dir) / name)  # beside the tiny weights by default
-    prov_dir.mkdir(parents=True, exist_ok=True)
-    with (prov_dir / "source.json").open("w", encoding="utf-8") as fh:
-        json.dump({"encoder": name, **prov, "code_version": __version__}, fh, indent=2)
+    if shard is None or shard[0] == 0:  # one writer of the provenance note when shards run side by side
+        atomic_write_json(prov_dir / "source.json", {"encoder": name, **prov, "code_version": __version__})
     stage = f"extract_{name}"
-    report = StageReport(stage, corpus=corpus, clips_in=len(lengths))
+    report = StageReport(stage + shard_name, corpus=corpus, clips_in=len(lengths))
     keep = output_params(cfg.model_dump(mode="json"))
     code = code_digest(producer(name))
     weights = prov.get("weights_sha256") or prov["identity"]
@@ -112,6 +158,9 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
         "precision": precision_record(cfg.dtype, encoder.device, encoder.dtype), "params": cfg.model_dump(mode="json"),
         "params_hash": config_hash(cfg), "code_version": __version__, "code_digest": code, "weights_digest": weights,
     }
+    if shard is not None:
+        attrs["shard"] = list(shard)
+    timings = Timings()
     with RaggedWriter(out, feature_fields(encoder.layers, encoder.dim), attrs, fp, digests=digests) as writer:
         report.resumed = len(writer.reused)
         todo = {c: lengths[c] for c in writer.todo()}
@@ -119,7 +168,8 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
         with progress(stage) as bar:
             task = bar.add_task(stage, total=len(lengths), completed=report.resumed, rate="0.00")
             done, skips = run_extraction(encoder, todo, load, writer, cfg.short_policy,
-                                         on_done=lambda k: bar.update(task, advance=k, rate=rate.tick()))
+                                         on_done=lambda k: bar.update(task, advance=k, rate=rate.tick()),
+                                         prefetch=prefetch, timings=timings)
         for s in skips:
             report.skip(s.clip_id, s.clip_id, s.reason, s.detail)
         writer.record_skips({s.clip_id: {"reason": s.reason, "detail": s.detail} for s in skips})
@@ -134,9 +184,108 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
         "compute_dtype": attrs["compute_dtype"], "precision": attrs["precision"], "frames": int(sum(store.meta(c)["frames"] for c in store.ids())),
         "padded": sum("padded_from" in store.meta(c) for c in store.ids()),
         "store_bytes": sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()),
+        # where the time went: each pipeline stage's busy seconds (load, forward, write), padding share
+        "pipeline": timings.as_dict(),
     })
-    if metrics_dir is not None:
+    if shard is not None:
+        report.extra["shard"] = list(shard)
+        atomic_write_json(out.with_suffix(".report.json"), report.as_dict())
+    elif metrics_dir is not None:
         report.write(metrics_dir)
     log.info("%s: %d clips, %d skipped, %.1f MB", stage, report.done, len(report.skips), report.extra["store_bytes"] / 1e6)
     report.check(cfg.max_skip_ratio)
     return report
+
+
+def merge(name: str, cfg, out: Path, count: int, decoded: Path = Path("data/interim/decoded.zarr"),
+          faces: Path = Path("data/interim/faces.zarr"), manifest: Path = Path("data/manifest.parquet"),
+          metrics_dir: Path | None = Path("metrics"), keep_shards: bool = False) -> StageReport:
+    """Merge the `count` shard stores of `esva extract NAME --shard I/count` into `out`.
+
+    Every shard must exist, be complete, share one recipe, and hold (or have skipped) exactly its clips of
+    the current inputs with the digests they have now; otherwise a StoreError names the shard (or the clip)
+    and the command that remakes it. Clips already in `out` with the right digest are kept (a rerun after
+    one changed video copies that clip alone). The shard stores are removed afterwards unless `keep_shards`."""
+    _quiet_transformers()
+    if name not in REGISTRY:
+        raise ValueError(f"unknown encoder {name!r}; choose from {sorted(REGISTRY)}")
+    corpus, lengths, inputs, _, _ = _inputs(name, decoded, faces, manifest)
+    redo = f"esva extract {name} --out {out} --shard"
+    shards, attrs, fp, seconds = [], None, None, []
+    for i in range(count):
+        path = shard_path(out, i, count)
+        if not path.exists():
+            raise StoreError(f"shard {i}/{count} of {name} is missing: {path} (run `{redo} {i}/{count}`)")
+        store = open_store(path)
+        if not store.attrs.get("complete"):
+            raise StoreError(f"shard {i}/{count} of {name} did not finish: {path} (run `{redo} {i}/{count}` again; it resumes)")
+        if store.attrs.get("stage") != f"extract_{name}" or store.attrs.get("shard") != [i, count]:
+            raise StoreError(f"{path} is not shard {i}/{count} of `esva extract {name}` "
+                             f"(stage={store.attrs.get('stage')!r}, shard={store.attrs.get('shard')!r})")
+        if fp is None:
+            fp, attrs = store.attrs["fingerprint"], {k: v for k, v in store.attrs.items() if k in _ATTR_KEYS}
+        elif store.attrs["fingerprint"] != fp:
+            raise StoreError(f"shard {i}/{count} of {name} was made with another recipe (encoder, params, dtype, weights "
+                             f"or code) than shard 0: {path} (run `{redo} {i}/{count}` again with the same params)")
+        want = shard_of(lengths, i, count)
+        skipped = store.attrs.get("skip_records", {})
+        for cid in want:
+            expect = clip_digest(recipe=fp, input=inputs[cid])
+            got = store.digest(cid) if cid in store else (skipped.get(cid) or {}).get("digest")
+            if got is None:
+                raise StoreError(f"shard {i}/{count} of {name} lacks clip {cid!r}: {path} (run `{redo} {i}/{count}` again)")
+            if got != expect:
+                raise StoreError(f"shard {i}/{count} of {name} holds clip {cid!r} made from another input than the "
+                                 f"current one: {path} (run `{redo} {i}/{count}` again; it recomputes what changed)")
+        extra = sorted(set(store.ids()) - set(want))
+        if extra:
+            raise StoreError(f"{path} holds clips that are not in shard {i}/{count} of the current inputs "
+                             f"({', '.join(extra[:5])}); run `{redo} {i}/{count}` again")
+        shards.append(store)
+        rep = path.with_suffix(".report.json")
+        if rep.exists():
+            seconds.append(json.loads(rep.read_text(encoding="utf-8")).get("seconds"))
+    stage = f"extract_{name}"
+    report = StageReport(stage, corpus=corpus, clips_in=len(lengths))
+    digests = {c: clip_digest(recipe=fp, input=inputs[c]) for c in lengths}
+    fields = shards[0].fields
+    merged_attrs = {**attrs, "merged_from_shards": count}
+    skips: dict[str, dict] = {}
+    with RaggedWriter(out, fields, merged_attrs, fp, digests=digests) as writer:
+        report.resumed = len(writer.reused)
+        todo = set(writer.todo())
+        with progress(f"merge {stage}") as bar:
+            task = bar.add_task(f"merge {stage}", total=len(todo), rate="")
+            for store in shards:
+                for cid in store.ids():
+                    if cid in todo:
+                        writer.add(cid, store.read(cid), store.meta(cid))
+                        bar.update(task, advance=1)
+                for cid, rec in store.attrs.get("skip_records", {}).items():
+                    skips[cid] = {"reason": rec.get("reason"), "detail": rec.get("detail", "")}
+        for cid, rec in sorted(skips.items()):
+            report.skip(cid, cid, rec["reason"], rec["detail"])
+        writer.record_skips(skips)
+        report.extra["clips"] = writer.counts()
+    merged = open_store(out)
+    report.done = len(merged)
+    report.extra.update({
+        "encoder": name, "shards": count, "shard_seconds": seconds, "compute_dtype": attrs.get("compute_dtype"),
+        "precision": attrs.get("precision"), "dim": attrs.get("dim"), "layers": attrs.get("layers"),
+        "checkpoint": (attrs.get("checkpoint") or {}).get("checkpoint"),
+        "frames": int(sum(merged.meta(c)["frames"] for c in merged.ids())),
+        "store_bytes": sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()),
+    })
+    if metrics_dir is not None:
+        report.write(metrics_dir)
+    if not keep_shards:
+        shutil.rmtree(shard_path(out, 0, count).parent, ignore_errors=True)
+    log.info("%s: merged %d shards, %d clips, %d skipped", stage, count, report.done, len(report.skips))
+    report.check(cfg.max_skip_ratio)
+    return report
+
+
+# the store attrs a merged store takes from its shards (how it was made; not the index state)
+_ATTR_KEYS = ("stage", "corpus", "encoder", "checkpoint", "revision", "layers", "dim", "frame_rate", "input_rate",
+              "dtype", "utterance", "fixed_lengths", "compute_dtype", "precision", "params", "params_hash",
+              "code_version", "code_digest", "weights_digest")

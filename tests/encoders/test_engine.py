@@ -164,3 +164,55 @@ def test_bad_checkpoint_fails_before_any_clip(corpus_stores, tmp_path):
         extract.run("hubert", HubertFeatures(checkpoint=str(tmp_path / "missing")), tmp_path / "h.zarr",
                     decoded=corpus_stores / "decoded.zarr", models_dir=tmp_path / "models", metrics_dir=None)
     assert not (tmp_path / "h.zarr").exists()
+
+
+def test_pipelined_engine_equals_the_sequential_loop(hubert, tmp_path):
+    """The loader/encoder/writer pipeline writes the same batches, bit for bit, as the loop in one thread."""
+    from esva.encoders.engine import Timings
+
+    clips = _audio_set(9, seed=5)
+    stores = {}
+    for prefetch in (0, 1, 3):
+        tm = Timings()
+        path = tmp_path / f"p{prefetch}.zarr"
+        with RaggedWriter(path, feature_fields(hubert.layers, hubert.dim), {}, "fp", flush_every=2) as w:
+            done, _ = run_extraction(hubert, {c: len(a) for c, a in clips.items()}, clips.__getitem__, w, "pad",
+                                     prefetch=prefetch, timings=tm)
+        assert done == 9 and tm.clips == 9 and tm.batches >= 3
+        assert tm.forward_s > 0 and tm.load_s > 0 and tm.write_s > 0 and tm.wall_s > 0
+        assert tm.units == sum(len(a) for a in clips.values()) <= tm.padded_units
+        stores[prefetch] = open_store(path)
+    for cid in clips:
+        ref = stores[0].read(cid)
+        for prefetch in (1, 3):
+            got = stores[prefetch].read(cid)
+            assert got.keys() == ref.keys()
+            for k in ref:
+                np.testing.assert_array_equal(got[k], ref[k])
+            assert stores[prefetch].meta(cid) == stores[0].meta(cid)
+
+
+def test_pipelined_engine_stops_every_stage_on_a_writer_error(hubert, tmp_path, monkeypatch):
+    """A non-finite feature found by the writer thread stops the loader and the encoder, is raised in the
+    calling thread, and the batches written before it stay committed."""
+    import threading
+
+    clips = _audio_set(8, seed=6)
+    real = hubert.encode
+    seen = []
+
+    def poisoned(batch):
+        seen.append(list(batch.clip_ids))
+        out = {k: v.clone() for k, v in real(batch).items()}
+        if len(seen) == 2:
+            out["last"][0, 0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(hubert, "encode", poisoned)
+    with pytest.raises(FeatureError) as err:
+        with RaggedWriter(tmp_path / "e.zarr", feature_fields(hubert.layers, hubert.dim), {}, "fp") as w:
+            run_extraction(hubert, {c: len(a) for c, a in clips.items()}, clips.__getitem__, w, "pad", prefetch=2)
+    assert repr(seen[1][0]) in str(err.value) and "NaN" in str(err.value)
+    assert not [t for t in threading.enumerate() if t.name.startswith("esva-extract")]
+    kept = set(open_store(tmp_path / "e.zarr").ids())
+    assert set(seen[0]) <= kept and seen[1][0] not in kept
