@@ -14,7 +14,7 @@ PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python
 VENV312   ?= .venv312
 UNIT      := tests/test_config.py tests/test_precision.py tests/models tests/store tests/eval tests/data
 
-.PHONY: install demo test test-slow test-all test-py312 clean
+.PHONY: install demo test test-slow test-all test-py312 bench clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "need python3.11 on PATH (or: make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -48,6 +48,19 @@ test-py312:
 	$(VENV312)/bin/python -m pip install --quiet -e '.[test]'
 	$(VENV312)/bin/python -c "import sys, torch, zarr, numcodecs; print('python', sys.version.split()[0], 'torch', torch.__version__, 'zarr', zarr.__version__, 'numcodecs', numcodecs.__version__)"
 	$(VENV312)/bin/python -m pytest -q $(UNIT)
+
+# every benchmark, one after the other (never two at once: they time this machine), each writing
+# metrics/bench_<stage>.json with its environment, command, ratios and meets_target. Hours on 2 cores: the
+# rerun benchmark alone runs the demo twice.
+BENCH ?= extract crop decode memory_media rerun memory stage1_speed tune
+bench: install
+	@for b in $(BENCH); do \
+	  echo "== benchmarks.$$b"; \
+	  PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m benchmarks.$$b || exit 1; \
+	done
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m benchmarks.tune_validation --tiny
+	@if $(PY) -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then \
+	  $(PY) -m benchmarks.paper_sizes; else echo "benchmarks.paper_sizes: no GPU here, skipped"; fi
 
 clean:
 	rm -rf $(VENV) $(VENV312) .pytest_cache

@@ -563,6 +563,7 @@ def _run(args, work: Path, cuda: bool, t_start: float) -> dict:
     failed = [n for n, s in r.steps.items() if s["status"] != "ok"]
     result = {
         "benchmark": "paper_scale", "note": NOTE,
+        "target": "every step of the chain runs at the paper's widths", "meets_target": not failed,
         "command": shlex.join(["python", "-m", "benchmarks.paper_scale", *args.argv]),
         "device": device, "device_name": torch.cuda.get_device_name() if cuda else cpu_name(),
         "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,

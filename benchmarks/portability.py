@@ -68,6 +68,8 @@ def main() -> None:
         "corpus": "synthetic", "command": "python -m benchmarks.portability", "runs": runs, "abs_difference": diff,
         "identical": a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"], "committed_metrics_train": committed,
         "env_avx2": AVX2, "cpu": cpu_name(), "cores": os.cpu_count(),
+        "target": "identical test metrics and best epoch with this CPU's kernels and with AVX2 kernels",
+        "meets_target": bool(a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]),
     }, args.out)
 
 

@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup": round(mo / mn, 3),
         "agreement": compare(r_old, r_new, data, use),
         "note": "one process, runs alternated; seconds include each epoch's validation pass",
+        "target": "the current stage-1 code no slower than the former (speedup >= 1), same training within float tolerance",
+        "meets_target": bool(mo / mn >= 1.0),
     }
     if big:
         result["allocator"] = {"esva_threshold_bytes": HEAP_MMAP_THRESHOLD,

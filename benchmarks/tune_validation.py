@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
                       "val_loss_former": loss_old, "val_loss_current": loss_new,
                       "relative_loss_difference": abs(loss_old - loss_new) / max(abs(loss_old), 1e-12)},
         "note": "one process, alternated; the training epoch has no optimizer step (an estimate of its cost)",
+        "target": "the current validation faster than the former (speedup > 1) with the same greedy answers",
+        "meets_target": bool(mo / mn > 1.0 and all(a == b for a, b in zip(ans_old, ans_new))),
     }
     return write_result(result, args.out)
 

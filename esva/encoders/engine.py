@@ -174,8 +174,14 @@ def _write(encoder, prep: _Prepared, out: dict[str, torch.Tensor], out_len: torc
 
 
 def _padded(encoder, prep: _Prepared) -> tuple[int, int]:
+    """(valid, padded) input units of a batch. Audio batches pad every clip to the longest; the vision
+    encoders stack frames (MAE), windows (VideoMAE) or one image (EVA) without padding between clips, and
+    text is padded in tokens, not the characters counted here: for those both numbers are the valid units."""
     lengths = prep.batch.lengths
-    return int(lengths.sum()), int(lengths.max()) * len(lengths) if len(lengths) else 0
+    valid = int(lengths.sum())
+    if encoder.modality != "audio" or not len(lengths):
+        return valid, valid
+    return valid, int(lengths.max()) * len(lengths)
 
 
 def run_extraction(encoder, lengths: dict[str, int], load: Callable[[str], Any], writer, short_policy: str,
