@@ -105,6 +105,8 @@ class Timings:
     def as_dict(self) -> dict[str, float]:
         d = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
         d["padding_share"] = round(1.0 - self.units / self.padded_units, 4) if self.padded_units else 0.0
+        # the share of the run the encoder was computing: what keeps an accelerator busy (1.0 = never waits)
+        d["forward_share_of_wall"] = round(self.forward_s / self.wall_s, 4) if self.wall_s else 0.0
         return d
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 from esva import __version__
@@ -65,6 +66,52 @@ def producer(name: str) -> tuple[str, ...]:
 def output_params(params: dict) -> dict:
     """The part of a `features.<encoder>` section that changes what is stored (its dumped JSON form)."""
     return {k: v for k, v in params.items() if k not in OUTPUT_EXCLUDE}
+
+
+class GpuUtilisation:
+    """Samples the GPU's utilisation (NVML, through torch.cuda.utilization) twice a second while extraction runs.
+    On a CPU, or without NVML, `summary()` says why there is no figure instead of giving one."""
+
+    def __init__(self, device: str, every_s: float = 0.5) -> None:
+        self.device, self.every_s = str(device), every_s
+        self.samples: list[float] = []
+        self.reason: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "GpuUtilisation":
+        import torch
+
+        if not self.device.startswith("cuda"):
+            self.reason = "the encoder runs on the CPU"
+            return self
+        try:
+            torch.cuda.utilization(self.device)
+        except Exception as exc:  # noqa: BLE001 - pynvml missing or no NVML: recorded, not fatal
+            self.reason = f"no NVML reading ({exc.__class__.__name__}: {exc})"
+            return self
+
+        def sample() -> None:
+            while not self._stop.wait(self.every_s):
+                try:
+                    self.samples.append(float(torch.cuda.utilization(self.device)))
+                except Exception:  # noqa: BLE001
+                    return
+
+        self._thread = threading.Thread(target=sample, name="esva-gpu-util", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {"mean_percent": None, "samples": 0, "reason": self.reason or "the run was shorter than one sample"}
+        xs = sorted(self.samples)
+        return {"mean_percent": round(sum(xs) / len(xs), 1), "median_percent": xs[len(xs) // 2], "samples": len(xs)}
 
 
 def _quiet_transformers() -> None:
@@ -161,7 +208,8 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
     if shard is not None:
         attrs["shard"] = list(shard)
     timings = Timings()
-    with RaggedWriter(out, feature_fields(encoder.layers, encoder.dim), attrs, fp, digests=digests) as writer:
+    gpu = GpuUtilisation(encoder.device)
+    with gpu, RaggedWriter(out, feature_fields(encoder.layers, encoder.dim), attrs, fp, digests=digests) as writer:
         report.resumed = len(writer.reused)
         todo = {c: lengths[c] for c in writer.todo()}
         rate = Rate()
@@ -185,7 +233,7 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
         "padded": sum("padded_from" in store.meta(c) for c in store.ids()),
         "store_bytes": sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()),
         # where the time went: each pipeline stage's busy seconds (load, forward, write), padding share
-        "pipeline": timings.as_dict(),
+        "pipeline": timings.as_dict(), "gpu_utilisation": gpu.summary(),
     })
     if shard is not None:
         report.extra["shard"] = list(shard)

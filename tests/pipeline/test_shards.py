@@ -58,6 +58,11 @@ def test_in_process_shards_merge_to_the_single_process_store(synth_decoded, tmp_
     for i in range(3):
         rep = extract.run("hubert", cfg, out, models_dir=tmp_path / "models", metrics_dir=None, shard=(i, 3), **where)
         assert rep.done == len(extract.shard_of(lengths, i, 3)) == 2
+        # where the time went, and why there is no GPU figure here
+        pipe = rep.extra["pipeline"]
+        assert pipe["clips"] == 2 and pipe["forward_s"] > 0 and 0 < pipe["forward_share_of_wall"] <= 1
+        assert pipe["units"] == sum(extract.shard_of(lengths, i, 3).values())
+        assert rep.extra["gpu_utilisation"] == {"mean_percent": None, "samples": 0, "reason": "the encoder runs on the CPU"}
         assert sorted(open_store(extract.shard_path(out, i, 3)).ids()) == sorted(extract.shard_of(lengths, i, 3))
         assert extract.shard_path(out, i, 3).with_suffix(".report.json").exists()
     assert not out.exists()  # shards write beside the output, never into it
