@@ -7,6 +7,13 @@ The loss is next-token cross-entropy on the answer only (labels are -100 on the 
 modality tokens). Each epoch is scored on the validation split (answer loss, and label accuracy of
 greedy answers; `validate`: the emotion prompts run once for both); the best epoch's weights are kept and
 written as soon as they are found.
+
+Data parallel (`accelerate launch` or torchrun, unchanged command): every process builds the same model and
+the same sample order; each optimizer micro-batch of `tune.batch_size` samples (the global batch) is dealt
+over the processes (process r takes samples r, r + W, ...), and DDP averages the gradients. Each process's
+loss is weighted by its share of the batch's answer tokens, so the gradient is the one a single process
+computes on the whole batch (tests/train/test_ddp.py). Validation runs in every process (same answers);
+only the main process writes checkpoints and outputs.
 """
 
 from __future__ import annotations
@@ -317,11 +324,26 @@ def _val_samples(df: pd.DataFrame, labels: tuple[str, ...]) -> list[Instruction]
     return eval_samples(df, "emotion", labels) + [s for s in eval_samples(df, "reason", labels) if s.target]
 
 
+class _Trainable(torch.nn.Module):
+    """The modules stage 2 trains, as one module for DDP: its forward is `Stage2.loss`. The Stage2 keeps its
+    own (unwrapped) modules, so generation, saving and attribute access never see the DDP wrapper."""
+
+    def __init__(self, m: "Stage2") -> None:
+        super().__init__()
+        self.llm, self.projector, self.stage1 = m.llm, m.projector, m.stage1
+        self._m = [m]  # not a submodule
+        for flag in ("is_loaded_in_4bit", "is_loaded_in_8bit"):  # accelerate must not move a quantised model
+            setattr(self, flag, bool(getattr(m.llm, flag, False)))
+
+    def forward(self, clips, samples):  # noqa: D401 - the training loss
+        return self._m[0].loss(clips, samples)
+
+
 def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cfg, quantize: str = "none",
          on_step: Callable[[dict], None] | None = None, on_epoch: Callable[[dict], None] | None = None,
          checkpoint: Callable[[Stage2, int], None] | None = None, resume: Checkpointer | None = None) -> TuneResult:
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
     set_seed(cfg.seed)
     by_id = {c.clip_id: c for c in data.clips}
@@ -340,14 +362,17 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
     listed = instruction_labels(vocab)
     device = resolve_device(cfg.device, "tune.device")
     # mixed precision is our autocast (esva.precision, Stage2.dtype), never accelerate's process-wide state
-    accel = Accelerator(cpu=device == "cpu", mixed_precision="no", gradient_accumulation_steps=cfg.grad_accum)
+    # (under several processes, a batch may leave a module unused, e.g. no video tokens: DDP must not wait for it)
+    accel = Accelerator(cpu=device == "cpu", mixed_precision="no", gradient_accumulation_steps=cfg.grad_accum,
+                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    world, rank, main = accel.num_processes, accel.process_index, accel.is_main_process
     m = build(stage1_dir, lm_dir, data, cfg, quantize)
     params = [p for p in m.llm.parameters() if p.requires_grad] + list(m.projector.parameters())
     if cfg.train_stage1:
         params += [p for p in m.stage1.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, len(train_df)))
-    m.llm, m.projector, opt = accel.prepare(m.llm, m.projector, opt)
+    trainable, opt = accel.prepare(_Trainable(m), opt)
     to_device(m, accel.device)  # stage 1, the batches and the cached streams follow the prepared models
     val_emotion = eval_samples(val_df, "emotion", listed)
     val_others = [s for s in _val_samples(val_df, listed) if s.task != "emotion"]  # the reason answers (loss only)
@@ -388,11 +413,22 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
             losses = []
         for i in range(start_i if epoch == start_epoch else 0, len(samples), cfg.batch_size):
             part = samples[i:i + cfg.batch_size]
-            with accel.accumulate(m.llm, m.projector):
-                loss, n_tok = m.loss([by_id[s.clip_id] for s in part], part)
+            mine = part[rank::world]  # this process's share of the global batch (all of it in one process)
+            with accel.accumulate(trainable):
+                # a process with no sample this step still runs one, weighted 0, so that DDP's reduction happens
+                loss, n_tok = trainable([by_id[s.clip_id] for s in (mine or part[:1])], mine or part[:1])
+                n_tok = n_tok if mine else 0
                 if not torch.isfinite(loss):
                     raise TrainError(f"stage 2: non-finite loss at epoch {epoch}, step {step}; batch clips "
                                      f"{[s.clip_id for s in part]}. The last good checkpoint (epoch {best_epoch}) is kept")
+                if world > 1:  # weight by this process's share of the batch's answer tokens (DDP averages over W)
+                    local = float(n_tok)
+                    counts = accel.reduce(torch.tensor([local, float(loss.detach()) * local], device=accel.device), "sum")
+                    total = max(float(counts[0]), 1.0)
+                    batch_loss, n_tok = float(counts[1]) / total, int(counts[0])
+                    loss = loss * (world * local / total)
+                else:
+                    batch_loss = float(loss.detach())
                 accel.backward(loss)
                 if accel.sync_gradients:
                     accel.clip_grad_norm_(params, cfg.grad_clip)
@@ -402,12 +438,12 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
                     sched.step()
             step += 1
             tokens += n_tok
-            losses.append(float(loss.detach()))
+            losses.append(batch_loss)
             step_losses.append(losses[-1])
             if on_step:
                 on_step({"step": step, "train_loss": losses[-1]})
             # only where the accumulated gradients were applied: nothing half-accumulated is lost
-            if (resume is not None and resume.due(step) and accel.sync_gradients
+            if (main and resume is not None and resume.due(step) and accel.sync_gradients
                     and i + cfg.batch_size < len(samples)):
                 resume.save(state(epoch, i + cfg.batch_size))
         val_loss, answers = validate(m, by_id, val_emotion, val_others, cfg.eval_batch_size, ANSWER_TOKENS["emotion"])
@@ -423,13 +459,12 @@ def tune(data: FeatureData, df: pd.DataFrame, stage1_dir: Path, lm_dir: Path, cf
             best, best_epoch, best_state = key, epoch, m.trainable_state()
             best_answers = [{"clip_id": s.clip_id, "task": s.task, "instruction": s.instruction, "answer": a,
                              "target": s.target} for s, a in zip(val_emotion, answers)]
-            if checkpoint:
+            if checkpoint and main:
                 checkpoint(m, epoch)
-        if resume is not None and resume.every > 0:  # the epoch is done: a resumed run starts the next one
+        if main and resume is not None and resume.every > 0:  # the epoch is done: a resumed run starts the next one
             resume.save(state(epoch + 1, 0))
     if best_state is not None:
         m.load_trainable_state(best_state)
-    m.llm, m.projector = accel.unwrap_model(m.llm), accel.unwrap_model(m.projector)
     accel.sync_gradients = True  # the process-wide gradient state, left as found: no accumulation under way
     return TuneResult(m, history, best_epoch, step, tokens, best_answers)
 

@@ -4,6 +4,7 @@ metrics/tune.json (synthetic-labelled test scores), per-step and per-epoch curve
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -51,8 +52,10 @@ def run(p: Params, manifest: Path, features_dir: Path, stage1_dir: Path, lm_dir:
                 # how each feature store was made (what `esva predict` must reproduce on new videos)
                 "features": {n: output_params(open_store(Path(features_dir) / f"{n}.zarr").attrs["params"])
                              for n in ENCODERS if (Path(features_dir) / f"{n}.zarr").exists()}}
+    # under `accelerate launch` / torchrun every process trains its share of each batch; the main one writes
+    main = int(os.environ.get("RANK", "0")) == 0
     live = None
-    if metrics_dir is not None:
+    if metrics_dir is not None and main:
         from dvclive import Live
 
         live = Live(dir=str(Path(metrics_dir) / "tune"), save_dvc_exp=False, dvcyaml=None, report=None)
@@ -86,6 +89,8 @@ def run(p: Params, manifest: Path, features_dir: Path, stage1_dir: Path, lm_dir:
     if live is not None:
         live.end()
     m = res.model
+    if not main:
+        return {"rank": int(os.environ["RANK"]), "best_epoch": res.best_epoch, "steps": res.steps}
     save(m, out, {**resolved, "epoch": res.best_epoch}, stage1_dir)
     atomic_write_text(out / "val_generations.jsonl",  # what a reload must reproduce
                       "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in res.val_answers))
