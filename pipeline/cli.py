@@ -284,10 +284,19 @@ def tune(out: Annotated[Path, typer.Option(help="stage-2 folder (peft adapter, p
          stage1: Annotated[Path, typer.Option(help="stage-1 model folder")] = Path("data/models/stage1"),
          llm: LlmOpt = Path("data/models/llm"),
          params: ParamsOpt = None, set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
-    """Stage 2: LoRA instruction tuning with projected audio and video tokens (params `tune`)."""
+    """Stage 2: LoRA instruction tuning with projected audio and video tokens (params `tune`).
+
+    Data parallel under `accelerate launch` or torchrun as it is; params `compute.launcher: multi-gpu` makes it
+    start itself under torchrun with `compute.processes` processes (README "Many GPUs, many machines")."""
     from pipeline.stages import tune as stage
 
-    stage.run(_stage_params(stage, params, set_), manifest, features, stage1, llm, out, metrics)
+    p = _stage_params(stage, params, set_)
+    if p.compute.launcher == "multi-gpu" and p.compute.processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        from pipeline.distributed import relaunch
+
+        relaunch(p.compute.processes)
+        return
+    stage.run(p, manifest, features, stage1, llm, out, metrics)
 
 
 @app.command()

@@ -25,7 +25,7 @@ from esva.train.stage2 import save, tune
 from pipeline.common import log
 from pipeline.stages.extract import output_params
 
-PARAMS = ("tune", "llm.quantize")  # the params keys this stage reads (pipeline/deps.py; dvc.yaml lists exactly these)
+PARAMS = ("tune", "llm.quantize", "compute")  # compute.launcher: pipeline/cli.py; the params keys this stage reads (pipeline/deps.py; dvc.yaml lists exactly these)
 
 
 def run(p: Params, manifest: Path, features_dir: Path, stage1_dir: Path, lm_dir: Path, out: Path,
