@@ -194,7 +194,8 @@ def crop(decoded: Annotated[Path, typer.Option(help="store from `esva decode`")]
 
 @app.command()
 @friendly
-def extract(encoder: Annotated[str, typer.Argument(help="hubert, mae, videomae, eva or text")],
+def extract(encoders: Annotated[list[str], typer.Argument(help="hubert, mae, videomae, eva or text; several vision "
+                                                                 "encoders share one pass over the faces")],
             out: Annotated[Optional[Path], typer.Option(help="feature store [default: data/features/ENCODER.zarr]")] = None,
             decoded: Annotated[Path, typer.Option(help="decoded store (audio encoders)")] = Path("data/interim/decoded.zarr"),
             faces: Annotated[Path, typer.Option(help="face store (vision encoders)")] = Path("data/interim/faces.zarr"),
@@ -208,11 +209,30 @@ def extract(encoder: Annotated[str, typer.Argument(help="hubert, mae, videomae, 
 
     Under torchrun or `accelerate launch` each process extracts its own shard on its own GPU and rank 0
     merges them; params `compute.launcher` makes `esva extract` do that by itself (README)."""
-    from esva.config import ENCODERS, ConfigError
+    from esva.config import ENCODERS, ConfigError, restrict
     from pipeline.stages import extract as stage
 
-    if encoder not in ENCODERS:
-        raise ConfigError(f"ENCODER must be one of {list(ENCODERS)}, got {encoder!r}")
+    bad = [e for e in encoders if e not in ENCODERS]
+    if bad:
+        raise ConfigError(f"ENCODER must be one of {list(ENCODERS)}, got {bad[0]!r}")
+    if len(encoders) > 1:
+        if out is not None or shard is not None or merge is not None:
+            raise ConfigError("--out, --shard and --merge take one encoder; several write data/features/ENCODER.zarr each")
+        p = restrict(_params(params, set_), tuple(k for e in encoders for k in stage.params_for(e)), "extract")
+        vision = [e for e in encoders if e in ("mae", "videomae", "eva")]
+        for e in encoders:  # audio and text have inputs of their own: one after the other
+            if e not in vision:
+                stage.run(e, getattr(p.features, e), Path(f"data/features/{e}.zarr"), decoded=decoded, faces=faces,
+                          manifest=manifest, models_dir=models, metrics_dir=metrics)
+        if len(vision) > 1:
+            stage.run_shared(vision, {e: getattr(p.features, e) for e in vision},
+                             {e: Path(f"data/features/{e}.zarr") for e in vision}, faces=faces, models_dir=models,
+                             metrics_dir=metrics)
+        elif vision:
+            stage.run(vision[0], getattr(p.features, vision[0]), Path(f"data/features/{vision[0]}.zarr"), faces=faces,
+                      models_dir=models, metrics_dir=metrics)
+        return
+    encoder = encoders[0]
     p = _stage_params(stage, params, set_, encoder)
     cfg, out = getattr(p.features, encoder), out or Path(f"data/features/{encoder}.zarr")
     where = dict(decoded=decoded, faces=faces, manifest=manifest)

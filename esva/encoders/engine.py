@@ -60,11 +60,16 @@ def feature_fields(layers: Iterable[str], dim: int) -> dict[str, FieldSpec]:
     return fields
 
 
-def plan_batches(costs: dict[str, int], budget: int, single: bool = False, max_padding: float = 0.1) -> list[list[str]]:
+def plan_batches(costs: dict[str, int], budget: int, single: bool = False, max_padding: float = 0.1,
+                 order: list[str] | None = None) -> list[list[str]]:
     """Length bucketing: clips sorted by cost (longest first), packed while the padded batch cost
     (batch size x longest item) stays within the budget and no item is padded by more than
-    `max_padding` of the longest. A clip over budget gets a batch alone."""
-    order = sorted(costs, key=lambda c: (-costs[c], c))
+    `max_padding` of the longest. A clip over budget gets a batch alone. `order` (the clips of a shared
+    pass, `run_shared`) replaces the sort; a batch's first clip is then its padded length."""
+    if order is None:
+        order = sorted(costs, key=lambda c: (-costs[c], c))
+    else:
+        order = [c for c in order if c in costs]
     batches: list[list[str]] = []
     cur: list[str] = []
     for cid in order:
@@ -121,9 +126,12 @@ class _Prepared:
 
 
 def _prepare(encoder, batch_ids: list[str], load: Callable[[str], Any]) -> _Prepared:
+    return _prepare_items(encoder, batch_ids, [load(cid) for cid in batch_ids])
+
+
+def _prepare_items(encoder, batch_ids: list[str], loaded: list[Any]) -> _Prepared:
     items, metas = [], []
-    for cid in batch_ids:
-        item = load(cid)
+    for cid, item in zip(batch_ids, loaded):
         meta: dict[str, Any] = {}
         n = len(item) if encoder.modality != "text" else len(item or "")
         if encoder.modality != "text" and n < encoder.min_length:
@@ -186,12 +194,7 @@ def _padded(encoder, prep: _Prepared) -> tuple[int, int]:
     return valid, int(lengths.max()) * len(lengths)
 
 
-def run_extraction(encoder, lengths: dict[str, int], load: Callable[[str], Any], writer, short_policy: str,
-                   on_done: Callable[[int], None] | None = None, max_padding: float = 0.1, prefetch: int = 2,
-                   timings: Timings | None = None) -> tuple[int, list[Skip]]:
-    """Encode every clip in `lengths` (raw input length: samples, frames or characters), writing
-    to `writer` (a RaggedWriter with feature_fields). Returns (clips written, skips).
-    `prefetch`: batches queued between the loader, the encoder and the writer (0: one thread, in turn)."""
+def _costs(encoder, lengths: dict[str, int], short_policy: str) -> tuple[dict[str, int], list[Skip]]:
     skips: list[Skip] = []
     costs: dict[str, int] = {}
     for cid, n in lengths.items():
@@ -201,6 +204,16 @@ def run_extraction(encoder, lengths: dict[str, int], load: Callable[[str], Any],
             skips.append(Skip(cid, "too_short_for_encoder", f"{n} < {encoder.min_length} input units for {encoder.name}"))
         else:
             costs[cid] = encoder.cost(max(n, encoder.min_length))
+    return costs, skips
+
+
+def run_extraction(encoder, lengths: dict[str, int], load: Callable[[str], Any], writer, short_policy: str,
+                   on_done: Callable[[int], None] | None = None, max_padding: float = 0.1, prefetch: int = 2,
+                   timings: Timings | None = None) -> tuple[int, list[Skip]]:
+    """Encode every clip in `lengths` (raw input length: samples, frames or characters), writing
+    to `writer` (a RaggedWriter with feature_fields). Returns (clips written, skips).
+    `prefetch`: batches queued between the loader, the encoder and the writer (0: one thread, in turn)."""
+    costs, skips = _costs(encoder, lengths, short_policy)
     budget = getattr(encoder, "budget", None) or 1
     plan = plan_batches(costs, budget, single=getattr(encoder, "single", False), max_padding=max_padding)
     tm = timings if timings is not None else Timings()
@@ -236,16 +249,24 @@ def _sequential(encoder, plan, load, writer, on_done, tm: Timings) -> int:
     return done
 
 
-def _pipelined(encoder, plan, load, writer, on_done, tm: Timings, prefetch: int) -> int:
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    loaded: queue.Queue = queue.Queue(maxsize=prefetch)
-    finished: queue.Queue = queue.Queue(maxsize=prefetch)
-    written = [0]
+class _Lanes:
+    """The loader and writer threads around the calling thread's compute, the bounded queues between them, and
+    how they stop: an error in any lane stops the others and is raised in the calling thread once both
+    threads have stopped (so the store is never written after that); a batch the calling thread computed
+    always reaches the writer unless the writer itself failed."""
 
-    writer_dead = threading.Event()
+    def __init__(self, prefetch: int, produce: Iterable[Any], handle: Callable[[Any], None]) -> None:
+        self.stop, self.writer_dead = threading.Event(), threading.Event()
+        self.errors: list[BaseException] = []
+        self.loaded: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        self.finished: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        self.load_s = self.write_s = self.wait_s = 0.0
+        self._produce, self._handle = produce, handle
+        self._threads = [threading.Thread(target=self._load, name="esva-extract-load", daemon=True),
+                         threading.Thread(target=self._write, name="esva-extract-write", daemon=True)]
 
-    def put(q: queue.Queue, item, until: threading.Event) -> bool:
+    @staticmethod
+    def _put(q: queue.Queue, item, until: threading.Event) -> bool:
         while not until.is_set():
             try:
                 q.put(item, timeout=0.1)
@@ -254,68 +275,181 @@ def _pipelined(encoder, plan, load, writer, on_done, tm: Timings, prefetch: int)
                 continue
         return False
 
-    def loader() -> None:
+    def _load(self) -> None:
         try:
-            for batch_ids in plan:
-                if stop.is_set():
-                    return
+            it = iter(self._produce)
+            while not self.stop.is_set():
                 t0 = time.perf_counter()
-                prep = _prepare(encoder, batch_ids, load)
-                tm.load_s += time.perf_counter() - t0
-                if not put(loaded, prep, stop):
+                try:
+                    item = next(it)
+                except StopIteration:
+                    return
+                self.load_s += time.perf_counter() - t0
+                if not self._put(self.loaded, item, self.stop):
                     return
         except BaseException as e:  # noqa: BLE001 - handed to the calling thread
-            errors.append(e)
-            stop.set()
+            self.errors.append(e)
+            self.stop.set()
         finally:
-            put(loaded, _END, stop)
+            self._put(self.loaded, _END, self.stop)
 
-    def write() -> None:
+    def _write(self) -> None:
         try:
             while True:
-                item = finished.get()  # the calling thread always ends the stream with _END
+                item = self.finished.get()  # the calling thread always ends the stream with _END
                 if item is _END:
                     return
                 t0 = time.perf_counter()
-                written[0] += _write(encoder, *item, writer, on_done)
-                tm.write_s += time.perf_counter() - t0
+                self._handle(item)
+                self.write_s += time.perf_counter() - t0
         except BaseException as e:  # noqa: BLE001 - handed to the calling thread
-            errors.append(e)
-            stop.set()
+            self.errors.append(e)
+            self.stop.set()
         finally:
-            writer_dead.set()
+            self.writer_dead.set()
 
-    threads = [threading.Thread(target=loader, name="esva-extract-load", daemon=True),
-               threading.Thread(target=write, name="esva-extract-write", daemon=True)]
-    for th in threads:
-        th.start()
-    try:
-        while not stop.is_set():
+    def next(self) -> Any:
+        """The next loaded item, _END when the input is exhausted, or None when another lane failed."""
+        while not self.stop.is_set():
             t0 = time.perf_counter()
             try:
-                prep = loaded.get(timeout=0.1)
+                return self.loaded.get(timeout=0.1)
             except queue.Empty:
-                tm.wait_s += time.perf_counter() - t0
                 continue
-            tm.wait_s += time.perf_counter() - t0
-            if prep is _END:
-                break
-            t1 = time.perf_counter()
-            out, out_len = _forward(encoder, prep)
-            tm.forward_s += time.perf_counter() - t1
-            tm.batches += 1
-            tm.clips += len(prep.ids)
-            u, p = _padded(encoder, prep)
-            tm.units += u
-            tm.padded_units += p
-            # a computed batch goes to the writer even when another stage has failed meanwhile: nothing computed is lost
-            if not put(finished, (prep, out, out_len), writer_dead):
-                break
+            finally:
+                self.wait_s += time.perf_counter() - t0
+        return None
+
+    def hand(self, item) -> bool:
+        """A computed batch to the writer; False if the writer has failed."""
+        return self._put(self.finished, item, self.writer_dead)
+
+    def __enter__(self) -> "_Lanes":
+        for th in self._threads:
+            th.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()  # the loader stops
+        self._put(self.finished, _END, self.writer_dead)  # the writer drains what it was handed, then stops
+        self._threads[1].join()
+        self._threads[0].join()
+        if self.errors and exc[0] is None:
+            raise self.errors[0]
+
+
+def _pipelined(encoder, plan, load, writer, on_done, tm: Timings, prefetch: int) -> int:
+    written = [0]
+
+    def handle(item) -> None:
+        written[0] += _write(encoder, *item, writer, on_done)
+
+    lanes = _Lanes(prefetch, (_prepare(encoder, ids, load) for ids in plan), handle)
+    try:
+        with lanes:
+            while True:
+                prep = lanes.next()
+                if prep is None or prep is _END:
+                    break
+                t1 = time.perf_counter()
+                out, out_len = _forward(encoder, prep)
+                tm.forward_s += time.perf_counter() - t1
+                tm.batches += 1
+                tm.clips += len(prep.ids)
+                u, p = _padded(encoder, prep)
+                tm.units += u
+                tm.padded_units += p
+                if not lanes.hand((prep, out, out_len)):
+                    break
     finally:
-        stop.set()  # the loader stops
-        put(finished, _END, writer_dead)  # the writer drains what it was handed, then stops
-        threads[1].join()  # so the store is never written after we return or raise
-        threads[0].join()
-    if errors:
-        raise errors[0]
+        tm.load_s += lanes.load_s
+        tm.write_s += lanes.write_s
+        tm.wait_s += lanes.wait_s
     return written[0]
+
+
+@dataclass
+class Job:
+    """One encoder of a shared pass (`run_shared`): its clips (input lengths), its store, its policy."""
+
+    encoder: Any
+    lengths: dict[str, int]
+    writer: Any
+    short_policy: str = "pad"
+    on_done: Callable[[int], None] | None = None
+    timings: Timings = field(default_factory=Timings)
+    done: int = 0
+    skips: list[Skip] = field(default_factory=list)
+
+
+def run_shared(jobs: list[Job], load: Callable[[str], Any], max_padding: float = 0.1, prefetch: int = 4) -> list[Job]:
+    """Several encoders of the same input (the vision encoders on the face store) in one pass over it: each
+    clip is read once, in one order for all (longest first), and handed to every encoder that wants it; each
+    encoder packs its own batches (its own budget) along that order, runs them as soon as their clips are in,
+    and a writer thread writes every encoder's store. A clip is dropped from memory once every encoder that
+    wants it has run it, so memory holds about one batch per encoder. Errors stop the pass as in
+    `run_extraction`; each store keeps the batches written before. Each job's `timings.load_s` is the pass's
+    shared reading time."""
+    plans: list[list[list[str]]] = []
+    wanted: dict[str, int] = {}
+    longest: dict[str, int] = {}
+    for job in jobs:
+        costs, job.skips = _costs(job.encoder, job.lengths, job.short_policy)
+        for cid in costs:
+            wanted[cid] = wanted.get(cid, 0) + 1
+            longest[cid] = max(longest.get(cid, 0), job.lengths[cid])
+        plans.append(costs)  # type: ignore[arg-type] - replaced below
+    order = sorted(wanted, key=lambda c: (-longest[c], c))
+    for k, job in enumerate(jobs):
+        costs = plans[k]  # type: ignore[assignment]
+        plans[k] = plan_batches(costs, getattr(job.encoder, "budget", None) or 1,  # type: ignore[arg-type]
+                                single=getattr(job.encoder, "single", False), max_padding=max_padding, order=order)
+    def handle(item) -> None:
+        k, prep, out, out_len = item
+        job = jobs[k]
+        t0 = time.perf_counter()
+        job.done += _write(job.encoder, prep, out, out_len, job.writer, job.on_done)
+        job.timings.write_s += time.perf_counter() - t0
+
+    lanes = _Lanes(prefetch, ((cid, load(cid)) for cid in order), handle)
+    cache: dict[str, Any] = {}
+    uses = dict(wanted)
+    nxt = [0] * len(jobs)  # each job's next batch
+    t_start = time.perf_counter()
+    try:
+        with lanes:
+            ended = False
+            while not ended:
+                got = lanes.next()
+                if got is None:
+                    break
+                if got is _END:
+                    ended = True
+                else:
+                    cache[got[0]] = got[1]
+                for k, job in enumerate(jobs):  # run every batch whose clips are all in
+                    while nxt[k] < len(plans[k]) and all(c in cache for c in plans[k][nxt[k]]):
+                        ids = plans[k][nxt[k]]
+                        nxt[k] += 1
+                        t1 = time.perf_counter()
+                        prep = _prepare_items(job.encoder, ids, [cache[c] for c in ids])
+                        out, out_len = _forward(job.encoder, prep)
+                        job.timings.forward_s += time.perf_counter() - t1
+                        job.timings.batches += 1
+                        job.timings.clips += len(ids)
+                        u, p = _padded(job.encoder, prep)
+                        job.timings.units += u
+                        job.timings.padded_units += p
+                        for c in ids:
+                            uses[c] -= 1
+                            if uses[c] == 0:
+                                del cache[c]
+                        if not lanes.hand((k, prep, out, out_len)):
+                            return jobs  # the writer failed: its error is raised on leaving `with lanes`
+    finally:
+        wall = time.perf_counter() - t_start
+        for job in jobs:
+            job.timings.wall_s += wall
+            job.timings.load_s += lanes.load_s  # shared: the pass reads each clip once for all
+            job.timings.wait_s += lanes.wait_s
+    return jobs

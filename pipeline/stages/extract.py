@@ -11,9 +11,12 @@ written them (same fields, attrs, digests and skip records).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
+from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 from esva import __version__
@@ -22,10 +25,11 @@ from esva.config import config_hash
 from esva.data.manifest import corpus_of, read_manifest
 from esva.provenance import atomic_write_json, clip_digest, code_digest, text_digest
 from esva.encoders import REGISTRY, load_encoder
-from esva.encoders.engine import Timings, feature_fields, run_extraction
+from esva.encoders.engine import Job, Timings, feature_fields, run_extraction
+from esva.encoders.engine import run_shared as run_shared_pass
 from esva.store import RaggedWriter, StoreError
 from esva.store import open as open_store
-from pipeline.common import Rate, StageReport, log, progress
+from pipeline.common import Rate, StageFailed, StageReport, log, progress
 
 def params_for(encoder: str) -> tuple[str, ...]:
     """The params keys `esva extract ENCODER` reads (pipeline/deps.py; dvc.yaml lists exactly these)."""
@@ -161,12 +165,28 @@ def _inputs(name: str, decoded: Path, faces: Path, manifest: Path):
     return corpus, lengths, inputs, rate_in, load
 
 
-def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.zarr"),
-        faces: Path = Path("data/interim/faces.zarr"), manifest: Path = Path("data/manifest.parquet"),
-        models_dir: Path = Path("data/models/encoders"), metrics_dir: Path | None = Path("metrics"),
-        provenance_dir: Path | None = None, shard: tuple[int, int] | None = None, prefetch: int = 2) -> StageReport:
-    """`provenance_dir` (default `models_dir/<name>`) receives source.json, where the weights came from.
-    `shard` (I, N): extract shard I of N into `shard_path(out, I, N)` (its report beside it, not in metrics/)."""
+@dataclass
+class _Run:
+    """One encoder's extraction: what `_setup` prepares and `_finish` reports."""
+
+    name: str
+    cfg: Any
+    encoder: Any
+    prov: dict
+    out: Path
+    stage: str
+    report: StageReport
+    fp: str
+    digests: dict[str, str]
+    attrs: dict
+    lengths: dict[str, int]
+    load: Any
+    shard: tuple[int, int] | None
+    timings: Timings = field(default_factory=Timings)
+
+
+def _setup(name: str, cfg, out: Path, decoded: Path, faces: Path, manifest: Path, models_dir: Path,
+           provenance_dir: Path | None, shard: tuple[int, int] | None) -> _Run:
     _quiet_transformers()
     if name not in REGISTRY:
         raise ValueError(f"unknown encoder {name!r}; choose from {sorted(REGISTRY)}")
@@ -207,42 +227,101 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
     }
     if shard is not None:
         attrs["shard"] = list(shard)
-    timings = Timings()
-    gpu = GpuUtilisation(encoder.device)
-    with gpu, RaggedWriter(out, feature_fields(encoder.layers, encoder.dim), attrs, fp, digests=digests) as writer:
-        report.resumed = len(writer.reused)
-        todo = {c: lengths[c] for c in writer.todo()}
-        rate = Rate()
-        with progress(stage) as bar:
-            task = bar.add_task(stage, total=len(lengths), completed=report.resumed, rate="0.00")
-            done, skips = run_extraction(encoder, todo, load, writer, cfg.short_policy,
-                                         on_done=lambda k: bar.update(task, advance=k, rate=rate.tick()),
-                                         prefetch=prefetch, timings=timings)
-        for s in skips:
-            report.skip(s.clip_id, s.clip_id, s.reason, s.detail)
-        writer.record_skips({s.clip_id: {"reason": s.reason, "detail": s.detail} for s in skips})
-        report.extra["clips"] = writer.counts()
-    store = open_store(out)
+    return _Run(name, cfg, encoder, prov, out, stage, report, fp, digests, attrs, lengths, load, shard)
+
+
+def _writer(r: _Run) -> RaggedWriter:
+    return RaggedWriter(r.out, feature_fields(r.encoder.layers, r.encoder.dim), r.attrs, r.fp, digests=r.digests)
+
+
+def _close(r: _Run, writer: RaggedWriter, skips) -> None:
+    """Inside the writer's block: the skips and the counts."""
+    for s in skips:
+        r.report.skip(s.clip_id, s.clip_id, s.reason, s.detail)
+    writer.record_skips({s.clip_id: {"reason": s.reason, "detail": s.detail} for s in skips})
+    r.report.extra["clips"] = writer.counts()
+
+
+def _finish(r: _Run, metrics_dir: Path | None, gpu: "GpuUtilisation") -> StageReport:
+    report, encoder, prov = r.report, r.encoder, r.prov
+    store = open_store(r.out)
     report.done = len(store)
-    log.info("%s: %s", stage, report.extra["clips"])
+    log.info("%s: %s", r.stage, report.extra["clips"])
     report.extra.update({
-        "encoder": name, "checkpoint": prov["checkpoint"], "weights_format": prov.get("format"),
+        "encoder": r.name, "checkpoint": prov["checkpoint"], "weights_format": prov.get("format"),
         "tensors_loaded": prov.get("tensors_loaded"), "tensors_expected": prov.get("tensors_expected"),
         "weights_sha256": prov.get("weights_sha256"), "dim": encoder.dim, "layers": list(encoder.layers),
-        "compute_dtype": attrs["compute_dtype"], "precision": attrs["precision"], "frames": int(sum(store.meta(c)["frames"] for c in store.ids())),
+        "compute_dtype": r.attrs["compute_dtype"], "precision": r.attrs["precision"],
+        "frames": int(sum(store.meta(c)["frames"] for c in store.ids())),
         "padded": sum("padded_from" in store.meta(c) for c in store.ids()),
-        "store_bytes": sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()),
+        "store_bytes": sum(f.stat().st_size for f in Path(r.out).rglob("*") if f.is_file()),
         # where the time went: each pipeline stage's busy seconds (load, forward, write), padding share
-        "pipeline": timings.as_dict(), "gpu_utilisation": gpu.summary(),
+        "pipeline": r.timings.as_dict(), "gpu_utilisation": gpu.summary(),
     })
-    if shard is not None:
-        report.extra["shard"] = list(shard)
-        atomic_write_json(out.with_suffix(".report.json"), report.as_dict())
+    if r.shard is not None:
+        report.extra["shard"] = list(r.shard)
+        atomic_write_json(Path(r.out).with_suffix(".report.json"), report.as_dict())
     elif metrics_dir is not None:
         report.write(metrics_dir)
-    log.info("%s: %d clips, %d skipped, %.1f MB", stage, report.done, len(report.skips), report.extra["store_bytes"] / 1e6)
-    report.check(cfg.max_skip_ratio)
+    log.info("%s: %d clips, %d skipped, %.1f MB", r.stage, report.done, len(report.skips), report.extra["store_bytes"] / 1e6)
+    report.check(r.cfg.max_skip_ratio)
     return report
+
+
+def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.zarr"),
+        faces: Path = Path("data/interim/faces.zarr"), manifest: Path = Path("data/manifest.parquet"),
+        models_dir: Path = Path("data/models/encoders"), metrics_dir: Path | None = Path("metrics"),
+        provenance_dir: Path | None = None, shard: tuple[int, int] | None = None, prefetch: int = 2) -> StageReport:
+    """`provenance_dir` (default `models_dir/<name>`) receives source.json, where the weights came from.
+    `shard` (I, N): extract shard I of N into `shard_path(out, I, N)` (its report beside it, not in metrics/)."""
+    r = _setup(name, cfg, out, decoded, faces, manifest, models_dir, provenance_dir, shard)
+    gpu = GpuUtilisation(r.encoder.device)
+    with gpu, _writer(r) as writer:
+        r.report.resumed = len(writer.reused)
+        todo = {c: r.lengths[c] for c in writer.todo()}
+        rate = Rate()
+        with progress(r.stage) as bar:
+            task = bar.add_task(r.stage, total=len(r.lengths), completed=r.report.resumed, rate="0.00")
+            _, skips = run_extraction(r.encoder, todo, r.load, writer, cfg.short_policy,
+                                      on_done=lambda k: bar.update(task, advance=k, rate=rate.tick()),
+                                      prefetch=prefetch, timings=r.timings)
+        _close(r, writer, skips)
+    return _finish(r, metrics_dir, gpu)
+
+
+def run_shared(names: list[str], cfgs: dict, outs: dict[str, Path], faces: Path = Path("data/interim/faces.zarr"),
+               models_dir: Path = Path("data/models/encoders"), metrics_dir: Path | None = Path("metrics")) -> list[StageReport]:
+    """`esva extract mae videomae eva`: the vision encoders in one pass over the face store (`run_shared`): each
+    clip's faces are read and decompressed once for all of them. Each encoder's store, metrics and resumption
+    are those of `run` (its clips in an order shared by all, so a batch may hold other clips than in a run of
+    its own: equal features up to float rounding)."""
+    bad = [n for n in names if REGISTRY[n].modality != "faces"] if all(n in REGISTRY for n in names) else names
+    if bad or len(set(names)) != len(names):
+        raise ValueError(f"a shared pass takes distinct vision encoders (mae, videomae, eva), got {names}")
+    runs = [_setup(n, cfgs[n], outs[n], Path("-"), faces, Path("-"), models_dir, None, None) for n in names]
+    gpu = GpuUtilisation(runs[0].encoder.device)
+    with gpu, contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(_writer(r)) for r in runs]
+        rate = Rate()
+        with progress("extract " + "+".join(names)) as bar:
+            jobs = []
+            for r, w in zip(runs, writers):
+                r.report.resumed = len(w.reused)
+                task = bar.add_task(r.stage, total=len(r.lengths), completed=r.report.resumed, rate="0.00")
+                jobs.append(Job(r.encoder, {c: r.lengths[c] for c in w.todo()}, w, r.cfg.short_policy,
+                                on_done=lambda k, t=task: bar.update(t, advance=k, rate=rate.tick()), timings=r.timings))
+            run_shared_pass(jobs, runs[0].load)
+        for r, w, job in zip(runs, writers, jobs):
+            _close(r, w, job.skips)
+    reports, failed = [], []
+    for r in runs:  # every encoder's outputs and metrics first, then any encoder over its skip ratio
+        try:
+            reports.append(_finish(r, metrics_dir, gpu))
+        except StageFailed as exc:
+            failed.append(exc)
+    if failed:
+        raise failed[0]
+    return reports
 
 
 def merge(name: str, cfg, out: Path, count: int, decoded: Path = Path("data/interim/decoded.zarr"),

@@ -216,3 +216,55 @@ def test_pipelined_engine_stops_every_stage_on_a_writer_error(hubert, tmp_path, 
     assert not [t for t in threading.enumerate() if t.name.startswith("esva-extract")]
     kept = set(open_store(tmp_path / "e.zarr").ids())
     assert set(seen[0]) <= kept and seen[1][0] not in kept
+
+
+def test_vision_encoders_share_one_pass_over_the_faces(corpus_stores, tmp_path, monkeypatch):
+    """`esva extract mae videomae eva`: each clip's faces are read once for the three encoders, and each store
+    equals the one its own run writes (same clips, digests and meta; features up to float rounding)."""
+    from esva.config import Params
+    from esva.store.ragged import RaggedReader
+
+    d, names = corpus_stores, ["mae", "videomae", "eva"]
+    cfgs = {n: getattr(Params().features, n) for n in names}
+    for n in names:
+        extract.run(n, cfgs[n], tmp_path / "own" / f"{n}.zarr", faces=d / "faces.zarr", models_dir=tmp_path / "models",
+                    metrics_dir=None)
+    reads = []
+    real = RaggedReader.read
+
+    def counted(self, clip_id, fields=None):
+        if fields is not None and "faces" in fields:
+            reads.append(clip_id)
+        return real(self, clip_id, fields)
+
+    monkeypatch.setattr(RaggedReader, "read", counted)
+    reps = extract.run_shared(names, cfgs, {n: tmp_path / "shared" / f"{n}.zarr" for n in names}, faces=d / "faces.zarr",
+                              models_dir=tmp_path / "models", metrics_dir=tmp_path / "metrics")
+    monkeypatch.setattr(RaggedReader, "read", real)
+    assert sorted(reads) == sorted(open_store(d / "faces.zarr").ids())  # once each, for all three
+    assert [r.done for r in reps] == [6, 6, 6]
+    for n in names:
+        assert (tmp_path / "metrics" / f"extract_{n}.json").exists()
+        own, shared = open_store(tmp_path / "own" / f"{n}.zarr"), open_store(tmp_path / "shared" / f"{n}.zarr")
+        assert sorted(own.ids()) == sorted(shared.ids()) and own.attrs["fingerprint"] == shared.attrs["fingerprint"]
+        for cid in own.ids():
+            assert own.digest(cid) == shared.digest(cid) and own.meta(cid) == shared.meta(cid)
+            x, y = own.read(cid), shared.read(cid)
+            for k in x:
+                np.testing.assert_allclose(x[k].astype(np.float32), y[k].astype(np.float32), atol=2e-2, rtol=0)
+
+
+def test_extract_command_takes_several_encoders(corpus_stores, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    d = corpus_stores
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["extract", "mae", "eva", "--faces", str(d / "faces.zarr"), "--models",
+                                   str(tmp_path / "models"), "--metrics", str(tmp_path / "metrics")])
+    assert res.exit_code == 0, res.output
+    for n in ("mae", "eva"):
+        assert len(open_store(tmp_path / "data" / "features" / f"{n}.zarr")) == 6
+    res = CliRunner().invoke(app, ["extract", "mae", "eva", "--out", "x.zarr"])
+    assert res.exit_code == 2 and "take one encoder" in res.output
