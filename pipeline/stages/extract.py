@@ -28,6 +28,7 @@ from esva.encoders import REGISTRY, load_encoder
 from esva.encoders.engine import Job, Timings, feature_fields, run_extraction
 from esva.encoders.engine import run_shared as run_shared_pass
 from esva.store import RaggedWriter, StoreError
+from esva.store.ragged import INDEX
 from esva.store import open as open_store
 from pipeline.common import Rate, StageFailed, StageReport, log, progress
 
@@ -182,6 +183,7 @@ class _Run:
     lengths: dict[str, int]
     load: Any
     shard: tuple[int, int] | None
+    target: Path | None = None  # a shard's final store (clips already merged there are copied, not recomputed)
     timings: Timings = field(default_factory=Timings)
 
 
@@ -191,12 +193,12 @@ def _setup(name: str, cfg, out: Path, decoded: Path, faces: Path, manifest: Path
     if name not in REGISTRY:
         raise ValueError(f"unknown encoder {name!r}; choose from {sorted(REGISTRY)}")
     corpus, lengths, inputs, rate_in, load = _inputs(name, decoded, faces, manifest)
-    shard_name = ""
+    shard_name, target = "", None
     if shard is not None:
         index, count = shard
         lengths = shard_of(lengths, index, count)
         inputs = {c: inputs[c] for c in lengths}
-        out = shard_path(out, index, count)
+        target, out = Path(out), shard_path(out, index, count)
         shard_name = f".shard-{index}-of-{count}"
     encoder, prov = load_encoder(name, cfg, models_dir)
     encoder.budget = cfg.batch_budget
@@ -227,7 +229,27 @@ def _setup(name: str, cfg, out: Path, decoded: Path, faces: Path, manifest: Path
     }
     if shard is not None:
         attrs["shard"] = list(shard)
-    return _Run(name, cfg, encoder, prov, out, stage, report, fp, digests, attrs, lengths, load, shard)
+    return _Run(name, cfg, encoder, prov, out, stage, report, fp, digests, attrs, lengths, load, shard, target)
+
+
+def _reuse_merged(r: _Run, writer: RaggedWriter) -> int:
+    """A shard's clips that the merged store already holds with the digest they should have: copied into the
+    shard store, so a sharded rerun after one video changed recomputes that clip alone."""
+    if r.target is None or not (Path(r.target) / INDEX).exists():
+        return 0
+    try:
+        merged = open_store(r.target)
+    except StoreError:
+        return 0
+    if merged.attrs.get("fingerprint") != r.fp:
+        return 0
+    n = 0
+    for cid in writer.todo():
+        if cid in merged and merged.digest(cid) == r.digests[cid]:
+            writer.add(cid, merged.read(cid), merged.meta(cid))
+            n += 1
+    writer.commit()
+    return n
 
 
 def _writer(r: _Run) -> RaggedWriter:
@@ -277,7 +299,7 @@ def run(name: str, cfg, out: Path, decoded: Path = Path("data/interim/decoded.za
     r = _setup(name, cfg, out, decoded, faces, manifest, models_dir, provenance_dir, shard)
     gpu = GpuUtilisation(r.encoder.device)
     with gpu, _writer(r) as writer:
-        r.report.resumed = len(writer.reused)
+        r.report.resumed = len(writer.reused) + _reuse_merged(r, writer)
         todo = {c: r.lengths[c] for c in writer.todo()}
         rate = Rate()
         with progress(r.stage) as bar:

@@ -69,6 +69,9 @@ def test_in_process_shards_merge_to_the_single_process_store(synth_decoded, tmp_
     rep = extract.merge("hubert", cfg, out, 3, metrics_dir=tmp_path / "metrics", **where)
     assert rep.done == 6 and rep.extra["shards"] == 3 and (tmp_path / "metrics" / "extract_hubert.json").exists()
     assert not extract.shard_path(out, 0, 3).parent.exists()  # merged: the shard stores are gone
+    # a sharded rerun takes what the merged store already holds (same digests) instead of recomputing it
+    again = extract.run("hubert", cfg, out, models_dir=tmp_path / "models", metrics_dir=None, shard=(1, 3), **where)
+    assert again.resumed == 2 and again.extra["pipeline"]["clips"] == 0
     # different batches (a shard packs its own clips), so equal up to the float16 storage's rounding
     _assert_same_store(tmp_path / "one.zarr", out, atol=2e-2)
 
