@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = "esva-ragged/2"
 INDEX = "esva-index.json"
+# what the media stages (decode, crop) buffer before a commit: a commit holds its block about twice (the
+# concatenation, then zarr's encoding), so a smaller buffer keeps their peak memory flat in the corpus size
+MEDIA_FLUSH_BYTES = 64 << 20
 STATE_KEYS = ("index", "order", "lengths", "complete", "garbage_rows", "recompute")
 
 
@@ -338,7 +341,8 @@ class RaggedWriter:
                     base = self.base[name]
                     arr[base:end] = block
                     new_base = (end // spec.shard_rows) * spec.shard_rows
-                    tail = block[new_base - base:]
+                    # a copy: a view would keep the whole concatenated block alive until the next commit
+                    tail = block[new_base - base:].copy()
                     self.pending[name] = [tail] if len(tail) else []
                     self.base[name] = new_base
             for clip_id, entry in self._staged:

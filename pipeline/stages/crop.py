@@ -12,6 +12,8 @@ from esva.config import CropConfig, config_hash
 from esva.provenance import clip_digest, code_digest
 from esva.media.faces import crop_frames, detect_tracked, fill_missing, make_detector
 from esva.store import FieldSpec, RaggedWriter
+from esva.store.ragged import MEDIA_FLUSH_BYTES
+from esva.train.stream import bound_heap
 from esva.store import open as open_store
 from pipeline.common import Rate, StageReport, log, ordered_map, progress
 
@@ -77,7 +79,8 @@ def run(cfg: CropConfig, decoded: Path, out: Path, metrics_dir: Path | None = Pa
                                         "detector_runs": calls["detector_calls"], "interpolated": int((how == 2).sum()),
                                         "centre_crop": n_det == 0, "fps": src.meta(cid).get("fps")}
 
-    with RaggedWriter(out, fields, attrs, fp, digests=digests) as writer:
+    bound_heap()  # as decode: per-clip frame arrays mapped and given back
+    with RaggedWriter(out, fields, attrs, fp, digests=digests, flush_bytes=MEDIA_FLUSH_BYTES) as writer:
         todo = writer.todo()
         report.resumed = len(writer.reused)
         skips: dict[str, dict] = {}

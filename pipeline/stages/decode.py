@@ -11,6 +11,8 @@ from esva.media.decode import decode_clip
 from esva.media.ffmpeg import MediaError, ffmpeg_binary, ffmpeg_identity
 from esva.provenance import clip_digest, code_digest, file_digest
 from esva.store import FieldSpec, RaggedWriter
+from esva.store.ragged import MEDIA_FLUSH_BYTES
+from esva.train.stream import bound_heap
 from esva.store import open as open_store
 from pipeline.common import Rate, StageReport, log, ordered_map, progress
 
@@ -57,7 +59,9 @@ def run(cfg: DecodeConfig, manifest: Path, out: Path, metrics_dir: Path | None =
              "params": cfg.model_dump(mode="json"), "params_hash": config_hash(cfg), "code_version": __version__,
              "code_digest": code_digest(PRODUCER), "input_hash": cfg.input_hash,
              "ffmpeg": ffmpeg_binary(), "manifest": str(manifest)}
-    with RaggedWriter(out, FIELDS, attrs, fp, digests=digests) as writer:
+    bound_heap()  # large per-clip arrays from worker threads: mapped and given back, not left as heap holes
+    # commits every 64 MiB: a commit holds its block twice (concatenated, then encoded), so this bounds memory
+    with RaggedWriter(out, FIELDS, attrs, fp, digests=digests, flush_bytes=MEDIA_FLUSH_BYTES) as writer:
         todo = writer.todo()
         report.resumed = len(writer.reused)
         skips = {}
