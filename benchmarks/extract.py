@@ -254,7 +254,7 @@ def bench_one(name: str, args, mm: dict, td: Path, prof: list[str]) -> dict:
         "loop_seconds": round(tl, 3), "engine_seconds": round(te, 3), "runs_seconds": {"loop": [round(x, 3) for x in t_loop],
                                                                                    "engine": [round(x, 3) for x in t_eng]},
         "speedup": round(tl / te, 3), "target_speedup": speed_target,
-        "gflop_total": round(flops / 1e9, 1), "loop_gflops": round(flops / tl / 1e9, 1), "engine_gflops": round(engine_gflops, 1),
+        "flop_total": int(flops), "gflop_total": round(flops / 1e9, 1), "loop_gflops": round(flops / tl / 1e9, 1), "engine_gflops": round(engine_gflops, 1),
         "engine_share_of_fp32_matmul": round(engine_gflops / mm["fp32"], 3), "engine_share_of_bf16_matmul": round(share_bf16, 3),
         "loop_share_of_fp32_matmul": round(flops / tl / 1e9 / mm["fp32"], 3),
         "engine_pipeline": tms[-1], "min_frame_cosine_vs_loop_fp32": round(cos, 5),

@@ -7,12 +7,22 @@ def test_extract_benchmark_smoke(tmp_path):
     from benchmarks.extract import main
 
     out = tmp_path / "bench.json"
-    res = main(["--size", "tiny", "--clips", "3", "--max-seconds", "3", "--out", str(out)])
+    res = main(["--size", "tiny", "--clips", "3", "--max-seconds", "3", "--vision-clips", "2", "--frames", "4",
+                "--dtype", "bf16", "--out", str(out)])
     saved = json.loads(out.read_text())
-    assert saved == res
-    assert res["clips"] == 3 and res["naive_seconds"] > 0 and res["engine_seconds"] > 0
-    assert res["min_frame_cosine_vs_naive_fp32"] >= 0.999  # the engine computes the same features
-    assert 0 < res["engine_fraction_of_matmul"] and res["gflop_total"] > 0
+    assert saved == res and set(res["encoders"]) == {"hubert", "mae", "videomae", "eva"}
+    assert {"device", "cores", "cpu_flags", "torch_threads"} <= set(res["environment"])
+    assert res["command"].startswith("python -m benchmarks.extract --size tiny")
+    for name, r in res["encoders"].items():
+        assert r["loop_seconds"] > 0 and r["engine_seconds"] > 0 and r["flop_total"] > 0, name
+        assert r["engine_compute_dtype"] == "bfloat16"  # forced: the bf16 path runs on every machine
+        assert r["min_frame_cosine_vs_loop_fp32"] >= 0.999, name  # the engine computes the same features
+        assert r["engine_pipeline"]["clips"] == r["clips"] and r["engine_pipeline"]["forward_s"] > 0
+        rounding = r["speedup"] * (5e-4 / r["loop_seconds"] + 5e-4 / r["engine_seconds"]) + 1e-3  # seconds to 3 digits
+        assert abs(r["speedup"] - r["loop_seconds"] / r["engine_seconds"]) <= rounding
+        assert r["meets_target"]["cosine"] is True
+        assert r["meets_target"]["overall"] == (r["meets_target"]["speedup"] and r["meets_target"]["cosine"])
+    assert res["meets_target"]["overall"] == all(r["meets_target"]["overall"] for r in res["encoders"].values())
 
 
 def test_flop_count_matches_a_hand_count():
