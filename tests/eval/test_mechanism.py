@@ -193,6 +193,7 @@ def _accuracy(variant: dict) -> list[float]:
     return [float(np.mean([g == p for g, p in zip(gold, pred)])) for pred in variant["predictions"]["by_seed"].values()]
 
 
+@pytest.mark.slow  # several seeded stage-1 trainings (3 min on 2 cores): the slow tier, which CI runs
 def test_msfe_captures_the_order_of_neighbouring_frames_and_the_model_without_it_cannot():
     p = Params()
     cfg = _small()
@@ -207,6 +208,7 @@ def test_msfe_captures_the_order_of_neighbouring_frames_and_the_model_without_it
     assert v["msfe"] is True and res["variants"]["no_msfe"]["msfe"] is False
 
 
+@pytest.mark.slow  # 25 seeded stage-1 trainings (7 min on 2 cores): the slow tier, which CI runs
 def test_alignment_captures_cooccurrence_only_when_it_shifts_the_video_back():
     p = Params()
     cfg = _small(seeds=1)

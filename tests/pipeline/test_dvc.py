@@ -177,6 +177,7 @@ def _ran(out: str) -> set[str]:
     return {s for s in STAGES if f"Running stage '{s}'" in out}
 
 
+@pytest.mark.slow  # the whole demo DAG twice (13-15 min on 2 cores): the slow tier, which CI runs (.ci/run)
 def test_repro_then_nothing_to_do_and_only_downstream_reruns(dvc_repo):
     repo, run, git, params = dvc_repo
     first = run("repro")
