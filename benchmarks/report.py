@@ -73,7 +73,9 @@ def environment(device: str = "cpu") -> dict:
 
     env = {"device": device, "cores": os.cpu_count(), "cpu": cpu_name(), "machine": platform.machine(),
            "cpu_flags": cpu_flags(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version()}
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
+           # other work on the machine when the benchmark started (ratios are side by side; absolutes suffer)
+           "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
     try:
         from esva.precision import cpu_supports_bf16
 
