@@ -185,3 +185,31 @@ def test_eva_stores_emotion_llamas_visual_tokens(models):
     torch.testing.assert_close(out["cls"], want[:, :1])
     assert not torch.allclose(out["cls"], out["last"])  # not BLIP-2's trained post_layernorm
     assert _enc("eva", models, tokens=False).layers == ("last",)
+
+
+@pytest.mark.parametrize("name", ["hubert", "mae", "videomae", "eva"])
+def test_bf16_weights_stored_once_give_autocasts_features(name, tmp_path):
+    """Under bf16 the Linear/Conv weights are stored in bf16 once (autocast would recast frozen fp32 weights at
+    every call): the features are autocast's own, bit for bit (EVA within 2e-6: its qkv bias is built per call)."""
+    import torch
+
+    from esva.config import Params
+    from esva.encoders import load_encoder
+    from esva.encoders.base import cast_matmul_weights
+
+    rng = np.random.default_rng(0)
+    cfg = getattr(Params().features, name).model_copy(update={"dtype": "fp32"})
+    enc, _ = load_encoder(name, cfg, tmp_path)
+    item = (rng.normal(0, 0.1, 16000).astype(np.float32) if name == "hubert"
+            else rng.integers(0, 255, (16, 64, 64, 3), dtype=np.uint8))
+    batch = enc.collate(["a"], [item])
+    enc.dtype = torch.bfloat16  # autocast over the fp32 weights
+    ref = {k: v.clone() for k, v in enc.encode(batch).items()}
+    assert cast_matmul_weights(enc.model, torch.bfloat16) > 0
+    assert {p.dtype for p in enc.model.parameters()} == {torch.float32, torch.bfloat16}  # norms stay fp32
+    got = enc.encode(batch)
+    for k in ref:
+        diff = float((ref[k] - got[k]).abs().max())
+        assert diff <= (2e-6 if name == "eva" else 0.0), (k, diff)
+    bf16, _ = load_encoder(name, getattr(Params().features, name).model_copy(update={"dtype": "bf16"}), tmp_path)
+    assert any(p.dtype == torch.bfloat16 for p in bf16.model.parameters())  # what load_frozen does under bf16
