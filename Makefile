@@ -35,7 +35,7 @@ test: install
 
 # the slow tier: kill-and-resume with real signals, the shared-remote round trip and a second full repro
 test-slow: install
-	$(PY) -m pytest -q -m 'slow and not gpu'
+	$(PY) -m pytest -q -m 'slow and not gpu and not bench'
 
 test-all: install
 	$(PY) -m pytest -q -m ''
