@@ -353,7 +353,8 @@ def _mean(total: float, n: int) -> float:
     return total / max(n, 1)
 
 
-def analyse(full: dict, exp: dict, causes: dict[str, dict], params: dict, exp_key: str) -> dict:
+def analyse(full: dict, exp: dict, causes: dict[str, dict], params: dict, exp_key: str,
+            lock_bytes: int | None = None) -> dict:
     """Why the experiment took what it took, from the per-stage seconds and the two dvc.lock files: facts only."""
     total, ran = full["seconds"], exp["stages"]
     pct = lambda s: round(s / total, 4) if total else 0.0  # noqa: E731
@@ -387,9 +388,12 @@ def analyse(full: dict, exp: dict, causes: dict[str, dict], params: dict, exp_ke
         "by stage family (experiment seconds, share of the full repro): " + "; ".join(
             f"{f['family']} x{f['stages']} {f['exp_s']:.0f} s ({f['exp_share_of_full']:.1%})" for f in families),
         f"DVC outside the stages: {exp['dvc_outside_stages_s']:.0f} s in the experiment, "
-        f"{full['dvc_outside_stages_s']:.0f} s in the full repro; of it, DVC's change check before each stage it ran: "
-        f"{ec:.0f} s over {len(ran)} stages in the experiment (mean {_mean(ec, len(ran)):.1f} s), {fc:.0f} s over "
-        f"{len(full['stages'])} in the full repro (mean {_mean(fc, len(full['stages'])):.1f} s)",
+        f"{full['dvc_outside_stages_s']:.0f} s in the full repro; of it, between the previous stage's lock-file update "
+        f"and each stage DVC ran (rewriting dvc.lock, in the experiment also staging the stage's files in git, then "
+        f"the change check): {ec:.0f} s over {len(ran)} stages in the experiment (mean {_mean(ec, len(ran)):.1f} s), "
+        f"{fc:.0f} s over {len(full['stages'])} in the full repro (mean {_mean(fc, len(full['stages'])):.1f} s, "
+        "growing with dvc.lock)" + (f"; dvc.lock is {lock_bytes / 1e3:.0f} kB after the experiment"
+                                    if lock_bytes else ""),
     ]
     if full.get("cpu_s") and exp.get("cpu_s") is not None:
         fl, el = full["loadavg_1min"], exp["loadavg_1min"]
@@ -549,7 +553,9 @@ def main(argv: list[str] | None = None) -> dict:
                          "overall": ratio <= RATIO_TARGET and not media},
     })
     try:
-        result["analysis"] = analyse(full, exp, causes, params, args.exp)
+        lock = work / "dvc.lock"
+        size = lock.stat().st_size if lock.exists() else None
+        result["analysis"] = analyse(full, exp, causes, params, args.exp, size)
     except Exception as exc:  # noqa: BLE001 - the measurements stand without it
         result["analysis"] = {"error": f"{type(exc).__name__}: {exc}"}
     if args.keep:
