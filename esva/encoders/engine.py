@@ -390,20 +390,19 @@ def run_shared(jobs: list[Job], load: Callable[[str], Any], max_padding: float =
     wants it has run it, so memory holds about one batch per encoder. Errors stop the pass as in
     `run_extraction`; each store keeps the batches written before. Each job's `timings.load_s` is the pass's
     shared reading time."""
-    plans: list[list[list[str]]] = []
-    wanted: dict[str, int] = {}
+    costs: list[dict[str, int]] = []
+    wanted: dict[str, int] = {}  # clip -> how many encoders run it
     longest: dict[str, int] = {}
     for job in jobs:
-        costs, job.skips = _costs(job.encoder, job.lengths, job.short_policy)
-        for cid in costs:
+        c, job.skips = _costs(job.encoder, job.lengths, job.short_policy)
+        costs.append(c)
+        for cid in c:
             wanted[cid] = wanted.get(cid, 0) + 1
             longest[cid] = max(longest.get(cid, 0), job.lengths[cid])
-        plans.append(costs)  # type: ignore[arg-type] - replaced below
     order = sorted(wanted, key=lambda c: (-longest[c], c))
-    for k, job in enumerate(jobs):
-        costs = plans[k]  # type: ignore[assignment]
-        plans[k] = plan_batches(costs, getattr(job.encoder, "budget", None) or 1,  # type: ignore[arg-type]
-                                single=getattr(job.encoder, "single", False), max_padding=max_padding, order=order)
+    plans = [plan_batches(c, getattr(job.encoder, "budget", None) or 1, single=getattr(job.encoder, "single", False),
+                          max_padding=max_padding, order=order) for c, job in zip(costs, jobs)]
+
     def handle(item) -> None:
         k, prep, out, out_len = item
         job = jobs[k]

@@ -188,11 +188,12 @@ class _Run:
 
 
 def _setup(name: str, cfg, out: Path, decoded: Path, faces: Path, manifest: Path, models_dir: Path,
-           provenance_dir: Path | None, shard: tuple[int, int] | None) -> _Run:
+           provenance_dir: Path | None, shard: tuple[int, int] | None, read: tuple | None = None) -> _Run:
+    """`read`: what `_inputs` returned, when the caller has it already (a shared pass reads the faces once)."""
     _quiet_transformers()
     if name not in REGISTRY:
         raise ValueError(f"unknown encoder {name!r}; choose from {sorted(REGISTRY)}")
-    corpus, lengths, inputs, rate_in, load = _inputs(name, decoded, faces, manifest)
+    corpus, lengths, inputs, rate_in, load = read or _inputs(name, decoded, faces, manifest)
     shard_name, target = "", None
     if shard is not None:
         index, count = shard
@@ -320,7 +321,8 @@ def run_shared(names: list[str], cfgs: dict, outs: dict[str, Path], faces: Path 
     bad = [n for n in names if REGISTRY[n].modality != "faces"] if all(n in REGISTRY for n in names) else names
     if bad or len(set(names)) != len(names):
         raise ValueError(f"a shared pass takes distinct vision encoders (mae, videomae, eva), got {names}")
-    runs = [_setup(n, cfgs[n], outs[n], Path("-"), faces, Path("-"), models_dir, None, None) for n in names]
+    read = _inputs(names[0], Path("-"), faces, Path("-"))  # the face store's lengths and digests, once for all
+    runs = [_setup(n, cfgs[n], outs[n], Path("-"), faces, Path("-"), models_dir, None, None, read) for n in names]
     gpu = GpuUtilisation(runs[0].encoder.device)
     with gpu, contextlib.ExitStack() as stack:
         writers = [stack.enter_context(_writer(r)) for r in runs]
