@@ -280,7 +280,8 @@ def train(out: Annotated[Path, typer.Option(help="model folder (safetensors + re
 
     from esva.config import restrict
 
-    keys = stage.ABLATE_PARAMS if variant else stage.PARAMS  # the ablate stage also reads `ablate`
+    # the ablate stage also reads `ablate`; a variant without MSFE reads nothing under `msfe`
+    keys = stage.variant_keys(variant) if variant else stage.PARAMS
     p = restrict(_params(params, set_), keys, "ablate" if variant else "train")
     stage.run(p, manifest, features, out, metrics, variant=variant, reference=reference)
 

@@ -35,6 +35,10 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
 }
 # a stage whose params are not its modules' PARAMS: the module attribute that declares them
 STAGE_PARAMS: dict[str, str] = {"ingest-source": "SOURCE_PARAMS", "ablate": "ABLATE_PARAMS"}
+# a foreach stage whose items read different keys: the declared key -> the foreach item's field that names
+# what each item reads in its place (ablate: `msfe`, or `ablate` again for a variant without MSFE; DVC
+# reads a key listed twice once). params_keys(stage, ITEM) gives one item's keys.
+ITEM_PARAMS: dict[str, dict[str, str]] = {"ablate": {"msfe": "${item.msfe_params}"}}
 
 # stages that `--write` emits whole (data deps, outs, comments), their code deps and params filled in as for
 # every stage: one ingest stage per data.sources entry (a foreach over the params list, so adding a source
@@ -163,6 +167,10 @@ def params_keys(stage: str, item: str | None = None) -> list[str]:
     """The params keys a stage declares (its modules' PARAMS), which the CLI holds it to."""
     import importlib
 
+    if stage == "ablate" and item is not None and not item.startswith("$"):
+        from pipeline.stages.train import variant_keys
+
+        return list(variant_keys(item))
     keys: list[str] = []
     for mod in STAGE_MODULES[stage]:
         module = importlib.import_module(mod)
@@ -226,6 +234,7 @@ def rewrite_dvc_yaml(path: Path = ROOT / "dvc.yaml") -> str:
                 out += [f"{indent}  - {f}" for f in code_deps(stage)]
             else:
                 keys = list(params_keys(stage, "${key}")) if stage == "extract" else params_keys(stage)
+                keys = [ITEM_PARAMS.get(stage, {}).get(k, k) for k in keys]
                 out += [f"{indent}  - {k}" for k in keys]
             continue
         out.append(line)

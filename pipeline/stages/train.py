@@ -11,7 +11,7 @@ import numpy as np
 from safetensors.torch import save_file
 
 from esva import __version__
-from esva.config import ConfigError, Params, apply_overrides, config_hash, restrict
+from esva.config import ConfigError, MsfeConfig, Params, apply_overrides, config_hash, restrict
 from esva.data.manifest import read_manifest
 from esva.precision import precision_record, resolve_device, resolve_dtype
 from esva.provenance import atomic_write_json, atomic_write_text
@@ -48,10 +48,33 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def variant_params(p: Params, name: str) -> Params:
+def variant_has_msfe(name: str) -> bool:
+    """Whether a variant's model can hold an MSFE at all: not when its overrides switch MSFE off or leave
+    HuBERT out of its features (MSFE runs on HuBERT frames). Those variants read nothing under `msfe`."""
     if name not in VARIANTS:
         raise ConfigError(f"unknown variant {name!r}; choose from {list(VARIANTS)}")
-    tree = apply_overrides(p.model_dump(mode="python"), VARIANTS[name])
+    over = dict(o.split("=", 1) for o in VARIANTS[name])
+    if over.get("msfe.enabled", "").lower() == "false":
+        return False
+    return "features.use" not in over or "hubert" in over["features.use"].strip("[]").split(",")
+
+
+def variant_keys(name: str) -> tuple[str, ...]:
+    """The params keys a variant reads (its `ablate@VARIANT` entry in dvc.yaml lists exactly these): the
+    ablate stage's, less `msfe` for a variant without MSFE, so that `dvc exp run -S msfe.scales=4` reruns
+    only the rows whose models it changes."""
+    return ABLATE_PARAMS if variant_has_msfe(name) else tuple(k for k in ABLATE_PARAMS if k != "msfe")
+
+
+def variant_params(p, name: str) -> Params:
+    """`p` (the params, or the view of them the CLI restricted to `variant_keys(name)`) with the variant's
+    overrides. A variant without MSFE gets a fixed, switched-off `msfe` section instead of the params' own,
+    so neither its weights nor its recorded config depend on keys it does not declare."""
+    keys = variant_keys(name)
+    tree = p.model_dump(mode="python")
+    if "msfe" not in keys:
+        tree["msfe"] = MsfeConfig(enabled=False).model_dump(mode="python")
+    tree = apply_overrides(tree, VARIANTS[name])
     return restrict(Params.model_validate(tree), ABLATE_PARAMS, "ablate")  # still held to the keys it declares
 
 

@@ -78,14 +78,14 @@ def _check_stage(name, st, prefix):
         assert _key_exists(key), (name, key)
 
 
-def _stage_entries():
-    """(dvc stage name, foreach item or None, its body) for every stage and every foreach item."""
+def _stage_entries(with_items: bool = False):
+    """(dvc stage name, foreach key or None, its body[, the foreach item]) for every stage and every item."""
     for name, st in _dvc()["stages"].items():
         if "foreach" in st:
-            for key in _foreach_items(st):
-                yield name, key, st["do"]
+            for key, item in _foreach_items(st).items():
+                yield (name, key, st["do"], item) if with_items else (name, key, st["do"])
         else:
-            yield name, None, st
+            yield (name, None, st, None) if with_items else (name, None, st)
 
 
 def test_stages_list_exactly_the_code_they_import_and_the_params_they_read():
@@ -94,11 +94,14 @@ def test_stages_list_exactly_the_code_they_import_and_the_params_they_read():
     the CLI holds it to (esva.config.restrict)."""
     from pipeline.deps import code_deps, params_keys
 
-    for name, key, st in _stage_entries():
+    for name, key, st, item in _stage_entries(with_items=True):
         listed = {d for d in st["deps"] if d.startswith(("esva/", "pipeline/"))}
         assert listed == set(code_deps(name)), (name, "missing", set(code_deps(name)) - listed, "extra",
                                                  listed - set(code_deps(name)))
         params = [p.replace("${key}", key) if key else p for p in st.get("params", [])]
+        if isinstance(item, dict):  # ${item.FIELD}: what this item reads (ablate's msfe_params)
+            params = [item[p[len("${item."):-1]] if p.startswith("${item.") else p for p in params]
+        params = list(dict.fromkeys(params))  # DVC reads a key listed twice once
         assert sorted(params) == sorted(params_keys(name, key)), (name, key, params, params_keys(name, key))
 
 
@@ -254,7 +257,30 @@ def run_env(repo: Path) -> dict[str, str]:
 def test_ablation_stage_lists_every_variant():
     from pipeline.stages.train import VARIANTS
 
-    assert _dvc()["stages"]["ablate"]["foreach"] == list(VARIANTS)
+    assert list(_dvc()["stages"]["ablate"]["foreach"]) == list(VARIANTS)
+
+
+def test_only_the_ablation_rows_with_an_msfe_declare_msfe():
+    """`dvc exp run -S msfe.scales=4` reruns the rows whose models hold an MSFE and no other (issue 16): a
+    variant with MSFE off, or without HuBERT, reads nothing under `msfe`, and gets the same params whatever
+    msfe.* says."""
+    from esva.config import Params, apply_overrides, restrict
+    from pipeline.stages.train import ABLATE_PARAMS, VARIANTS, variant_has_msfe, variant_keys, variant_params
+
+    items = _dvc()["stages"]["ablate"]["foreach"]
+    with_msfe = {v for v, item in items.items() if item["msfe_params"] == "msfe"}
+    assert with_msfe == {"full", "no_align", "enc_msfe_hubert_mae_videomae_eva"}
+    assert with_msfe == {v for v in VARIANTS if variant_has_msfe(v)}
+    base = Params()
+    wider = Params.model_validate(apply_overrides(base.model_dump(mode="python"), ["msfe.scales=4", "msfe.hidden=32"]))
+    for v in VARIANTS:
+        a, b = variant_params(restrict(base, variant_keys(v), "ablate"), v), variant_params(wider, v)
+        if v in with_msfe:
+            assert (a.msfe.scales, b.msfe.scales) == (3, 4), v
+        else:
+            assert a.msfe.model_dump() == b.msfe.model_dump() and not a.msfe.enabled, v
+            assert a.model_dump(mode="json") == b.model_dump(mode="json"), v
+            assert "msfe" not in variant_keys(v) and set(variant_keys(v)) < set(ABLATE_PARAMS), v
 
 
 def _find(node, key):
@@ -268,7 +294,11 @@ def _find(node, key):
             yield from _find(v, key)
 
 
-TIMING_KEYS = {"seconds", "train_seconds", "generate_seconds", "started"}
+# what a run measures about itself rather than computes: wall clocks, the extract engine's per-lane busy seconds
+# and the share of the run the encoder was computing (esva.encoders.engine.Timings), and NVML samples. The
+# engine's batch, clip, unit and padding counts stay in the comparison: they are the same on every run.
+TIMING_KEYS = {"seconds", "train_seconds", "generate_seconds", "started",
+               "load_s", "forward_s", "write_s", "wait_s", "wall_s", "forward_share_of_wall", "gpu_utilisation"}
 
 
 def _metrics_without_timing(repo: Path) -> dict[str, object]:
