@@ -340,7 +340,10 @@ class RaggedWriter:
                     block = np.concatenate(self.pending[name], axis=0)
                     base = self.base[name]
                     arr[base:end] = block
-                    new_base = (end // spec.shard_rows) * spec.shard_rows
+                    # the next commit starts at the last chunk boundary: zarr then rewrites only the chunks it
+                    # touches (the shard's other chunks are copied as encoded), and the tail held in memory is
+                    # under one chunk, where a shard-aligned tail held (and re-encoded) up to a whole shard
+                    new_base = (end // spec.chunk_rows) * spec.chunk_rows
                     # a copy: a view would keep the whole concatenated block alive until the next commit
                     tail = block[new_base - base:].copy()
                     self.pending[name] = [tail] if len(tail) else []
