@@ -92,7 +92,14 @@ def stage_report(work: Path, name: str) -> dict:
     except (OSError, ValueError):
         return {}
     keep = ("clips_in", "done", "skipped", "seconds", "frames", "audio_seconds", "batches", "batch_peak_mb")
-    return {k: rep[k] for k in keep if k in rep}
+    out = {k: rep[k] for k in keep if k in rep}
+    pipe = rep.get("pipeline") or {}
+    # extract: the forward's peak memory follows the largest padded batch, which encoder.batch_budget bounds;
+    # a small corpus may not fill it (few clips within max_padding of each other), a larger one does
+    for k in ("batches", "largest_batch_units", "padding_share"):
+        if k in pipe:
+            out[f"pipeline_{k}"] = pipe[k]
+    return out
 
 
 def run_size(work: Path, n: int, params: Path, overrides: list[str], encoders: list[str], workers: int) -> dict:

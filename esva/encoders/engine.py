@@ -106,6 +106,17 @@ class Timings:
     clips: int = 0
     units: int = 0           # valid input units (samples, frames, characters)
     padded_units: int = 0    # input units including the padding of each batch
+    largest_batch_units: int = 0  # the largest batch's padded units: what the batch budget bounds, and what
+                                  # sets the forward's peak memory (a small corpus may never fill a batch)
+
+    def count(self, encoder, prep: "_Prepared") -> None:
+        """One batch's clips, valid and padded units."""
+        u, p = _padded(encoder, prep)
+        self.batches += 1
+        self.clips += len(prep.ids)
+        self.units += u
+        self.padded_units += p
+        self.largest_batch_units = max(self.largest_batch_units, p)
 
     def as_dict(self) -> dict[str, float]:
         d = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -241,11 +252,7 @@ def _sequential(encoder, plan, load, writer, on_done, tm: Timings) -> int:
         tm.load_s += t1 - t0
         tm.forward_s += t2 - t1
         tm.write_s += t3 - t2
-        tm.batches += 1
-        tm.clips += len(batch_ids)
-        u, p = _padded(encoder, prep)
-        tm.units += u
-        tm.padded_units += p
+        tm.count(encoder, prep)
     return done
 
 
@@ -354,11 +361,7 @@ def _pipelined(encoder, plan, load, writer, on_done, tm: Timings, prefetch: int)
                 t1 = time.perf_counter()
                 out, out_len = _forward(encoder, prep)
                 tm.forward_s += time.perf_counter() - t1
-                tm.batches += 1
-                tm.clips += len(prep.ids)
-                u, p = _padded(encoder, prep)
-                tm.units += u
-                tm.padded_units += p
+                tm.count(encoder, prep)
                 if not lanes.hand((prep, out, out_len)):
                     break
     finally:
@@ -434,11 +437,7 @@ def run_shared(jobs: list[Job], load: Callable[[str], Any], max_padding: float =
                         prep = _prepare_items(job.encoder, ids, [cache[c] for c in ids])
                         out, out_len = _forward(job.encoder, prep)
                         job.timings.forward_s += time.perf_counter() - t1
-                        job.timings.batches += 1
-                        job.timings.clips += len(ids)
-                        u, p = _padded(job.encoder, prep)
-                        job.timings.units += u
-                        job.timings.padded_units += p
+                        job.timings.count(job.encoder, prep)
                         for c in ids:
                             uses[c] -= 1
                             if uses[c] == 0:

@@ -181,6 +181,8 @@ def test_pipelined_engine_equals_the_sequential_loop(hubert, tmp_path):
         assert done == 9 and tm.clips == 9 and tm.batches >= 3
         assert tm.forward_s > 0 and tm.load_s > 0 and tm.write_s > 0 and tm.wall_s > 0
         assert tm.units == sum(len(a) for a in clips.values()) <= tm.padded_units
+        # the largest padded batch: at least the mean batch, and (several batches) less than all of them
+        assert tm.padded_units / tm.batches <= tm.largest_batch_units < tm.padded_units
         stores[prefetch] = open_store(path)
     for cid in clips:
         ref = stores[0].read(cid)
