@@ -15,7 +15,9 @@ and those the rest of the machine kept busy meanwhile (/proc/stat), beside the l
 The clips are synthetic: written as real H.264/AAC mp4 files by the project's generator (what `esva synth`
 runs, params `synth` with synth.n_clips = --clips and no condition clips) into a temporary folder.
 
-Target: parallel clips/s >= 0.9 x min(workers, cores) x sequential clips/s. Writes metrics/bench_decode.json.
+Target: parallel clips/s >= 0.9 x min(workers, cores) / (the cores the sequential path keeps busy, at least 1)
+x sequential clips/s: ffmpeg decodes with threads of its own, so one clip at a time is not one core.
+Writes metrics/bench_decode.json.
 
     python -m benchmarks.decode                      # 24 synthetic clips, workers = cores, 3 repeats
     python -m benchmarks.decode --clips 48 --workers 4
@@ -41,10 +43,18 @@ ROOT = Path(__file__).resolve().parents[1]
 EFFICIENCY = 0.9  # of a linear speedup up to min(workers, cores)
 
 
-def target_words(workers: int, cores: int) -> str:
-    lanes = min(workers, cores)
-    return (f"parallel clips/s >= {EFFICIENCY:g} x min(workers, cores) x sequential clips/s "
-            f"(workers={workers}, cores={cores}: >= {EFFICIENCY * lanes:.2f}x)")
+def target_ratio(workers: int, cores: int, sequential_cores: float) -> float:
+    """The speedup to reach: EFFICIENCY of what the parallel path can add, min(workers, cores) over the cores
+    one ffmpeg at a time already keeps busy (ffmpeg's decoders run threads of their own, so the sequential
+    path is not one core: 1.2-1.3 of 2 here), and never below EFFICIENCY x 1 (no slower)."""
+    return EFFICIENCY * max(1.0, min(workers, cores) / max(sequential_cores, 1.0))
+
+
+def target_words(workers: int, cores: int, sequential_cores: float) -> str:
+    need = target_ratio(workers, cores, sequential_cores)
+    return (f"parallel clips/s >= {EFFICIENCY:g} x min(workers, cores) / (cores the sequential path keeps busy) x "
+            f"sequential clips/s (workers={workers}, cores={cores}, sequential cores {sequential_cores:.2f}: "
+            f">= {need:.2f}x)")
 
 
 def make_clips(params: Path | None, overrides: list[str], n: int, out: Path, workers: int) -> tuple[list[Path], dict]:
@@ -162,12 +172,13 @@ def main(argv: list[str] | None = None) -> dict:
     par, seq = summary(runs["parallel"], len(paths)), summary(runs["sequential"], len(paths))
     ratio = median_seconds(runs["sequential"]) / median_seconds(runs["parallel"])
     paired = [s["seconds"] / p["seconds"] for s, p in zip(runs["sequential"], runs["parallel"])]
-    need = EFFICIENCY * min(args.workers, cores)
+    seq_cores = statistics.median(r["own_cores"] for r in runs["sequential"])
+    need = target_ratio(args.workers, cores, seq_cores)
     result = {
         "benchmark": "decode",
         "command": command("benchmarks.decode", argv),
         "environment": environment("cpu"),
-        "target": target_words(args.workers, cores),
+        "target": target_words(args.workers, cores, seq_cores),
         "meets_target": bool(ratio >= need and identical),
         "corpus": "synthetic",
         "note": "synthetic clips (H.264/AAC mp4 written by esva's generator, pipeline.stages.synth); both paths side "
@@ -178,6 +189,9 @@ def main(argv: list[str] | None = None) -> dict:
                           "second; other_cores_busy: the rest of the machine's busy CPU seconds (/proc/stat) per "
                           "wall second during the same run (work of others, which takes cores from the parallel path)",
         "target_ratio": round(need, 3),
+        "sequential_cores_busy_median": round(seq_cores, 3),
+        # the target before it counted ffmpeg's own threads (a linear speedup from one core): kept to compare
+        "linear_target_ratio": round(EFFICIENCY * min(args.workers, cores), 3),
         "media_seconds": round(first["media_seconds"], 2), "frames": first["frames"], "audio_samples": first["samples"],
         "input_mb": round(input_bytes / 1e6, 2), "synth": synth_info,
         "decode": {"fps": cfg.fps, "sample_rate": cfg.sample_rate, "max_side": cfg.max_side},

@@ -5,6 +5,7 @@ whatever this machine measured."""
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
@@ -69,7 +70,10 @@ def test_decode_benchmark_tiny(tmp_path):
     assert res["ratio"] == pytest.approx(seq / par, rel=0.01)
     assert res["ratio"] == pytest.approx(res["parallel"]["clips_per_second"] / res["sequential"]["clips_per_second"],
                                          rel=0.01)
-    assert res["target_ratio"] == pytest.approx(0.9 * min(2, res["cores"]))
+    seq_cores = res["sequential_cores_busy_median"]
+    assert seq_cores == pytest.approx(statistics.median(res["sequential"]["own_cores_busy_runs"]), abs=0.01)
+    assert res["target_ratio"] == pytest.approx(0.9 * max(1.0, min(2, res["cores"]) / max(seq_cores, 1.0)), rel=1e-3)
+    assert res["linear_target_ratio"] == pytest.approx(0.9 * min(2, res["cores"]))
     assert res["meets_target"] == (res["ratio"] >= res["target_ratio"])  # the outputs are identical (above)
 
 
