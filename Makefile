@@ -52,7 +52,7 @@ test-py312:
 # every benchmark, one after the other (never two at once: they time this machine), each writing
 # metrics/bench_<stage>.json with its environment, command, ratios and meets_target. Hours on 2 cores: the
 # rerun benchmark alone runs the demo twice.
-BENCH ?= extract crop decode memory_media rerun memory stage1_speed tune
+BENCH ?= extract crop decode featurize memory_media rerun memory stage1_speed tune
 bench: install
 	@for b in $(BENCH); do \
 	  echo "== benchmarks.$$b"; \

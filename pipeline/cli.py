@@ -269,6 +269,33 @@ def extract(encoders: Annotated[list[str], typer.Argument(help="hubert, mae, vid
 
 @app.command()
 @friendly
+def featurize(encoders: Annotated[Optional[list[str]], typer.Argument(help="any of hubert, mae, videomae, eva [default: all four]")] = None,
+              manifest: Annotated[Path, typer.Option(help="manifest from `esva ingest`")] = Path("data/manifest.parquet"),
+              decoded: Annotated[Path, typer.Option(help="decoded store (as `esva decode --out`)")] = Path("data/interim/decoded.zarr"),
+              faces: Annotated[Path, typer.Option(help="face store (as `esva crop --out`)")] = Path("data/interim/faces.zarr"),
+              features: FeaturesOpt = Path("data/features"),
+              models: Annotated[Path, typer.Option(help="folder for tiny checkpoints and weight provenance")] = Path("data/models/encoders"),
+              workers: Annotated[Optional[int], typer.Option(help="decode-and-crop processes [default: max(decode.workers, crop.workers)]")] = None,
+              params: ParamsOpt = None, set_: SetOpt = None, metrics: MetricsOpt = Path("metrics")) -> None:
+    """Raw videos to features in one pass: decode and crop in worker processes while the encoders run (resumable).
+
+    Writes the stores of `esva decode`, `esva crop` and `esva extract ENCODER`, so those commands (and `dvc repro`)
+    find every clip done afterwards; the report goes to metrics/featurize.json."""
+    from esva.config import ConfigError, restrict
+    from pipeline.stages import featurize as stage
+
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    p = restrict(_params(params, set_), stage.PARAMS, "featurize")
+    try:
+        stage.run(p, list(encoders or stage.ENCODERS), manifest=manifest, decoded=decoded, faces=faces,
+                  features=features, models_dir=models, metrics_dir=metrics, workers=workers)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+@app.command()
+@friendly
 def train(out: Annotated[Path, typer.Option(help="model folder (safetensors + resolved config)")] = Path("data/models/stage1"),
           variant: Annotated[Optional[str], typer.Option(help="an ablation row (writes metrics/ablation/VARIANT.json)")] = None,
           manifest: Annotated[Path, typer.Option(help="manifest (labels and splits)")] = Path("data/manifest.parquet"),

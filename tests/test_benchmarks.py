@@ -52,3 +52,19 @@ def test_tune_benchmark_smoke(tmp_path):
     assert tiny["generation"]["rows_identical_batched_vs_single"] == 1.0
     big = res["llama2_7b"]
     assert big["config"]["hidden_size"] == 4096 and big["train_grad_checkpointing"]["seconds_per_step"] > 0
+
+
+def test_featurize_benchmark_smoke(tmp_path):
+    """Both paths write the same stores, and the verdict follows from the figures it reports."""
+    from benchmarks.featurize import main
+
+    out = tmp_path / "bench.json"
+    res = main(["--clips", "3", "--repeats", "1", "--workers", "1", "--set", "synth.max_seconds=1.2",
+                "--set", "synth.min_seconds=1.0", "--set", "crop.size=64", "--out", str(out)])
+    assert json.loads(out.read_text()) == res
+    assert res["same_stores"]["media_equal"] and res["same_stores"]["feature_digests_equal"]
+    assert set(res["same_stores"]["feature_max_abs_diff"]) == {"hubert", "mae", "videomae", "eva"}
+    assert res["stages"]["seconds"] > 0 and res["featurize"]["seconds"] > 0 and len(res["featurize"]["overlap_runs"]) == 1
+    ratio = res["stages"]["seconds"] / res["featurize"]["seconds"]
+    assert abs(res["ratio"] - ratio) <= 0.01 * ratio + 1e-3
+    assert res["meets_target"] == (res["ratio"] >= 1.0)

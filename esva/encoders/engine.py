@@ -385,6 +385,19 @@ class Job:
     skips: list[Skip] = field(default_factory=list)
 
 
+def _jobs_writer(jobs: list[Job]) -> Callable[[tuple], None]:
+    """The writer lane's work in a pass of several jobs: (job index, batch, output, lengths) into that job's store."""
+
+    def handle(item: tuple) -> None:
+        k, prep, out, out_len = item
+        job = jobs[k]
+        t0 = time.perf_counter()
+        job.done += _write(job.encoder, prep, out, out_len, job.writer, job.on_done)
+        job.timings.write_s += time.perf_counter() - t0
+
+    return handle
+
+
 def run_shared(jobs: list[Job], load: Callable[[str], Any], max_padding: float = 0.1, prefetch: int = 4) -> list[Job]:
     """Several encoders of the same input (the vision encoders on the face store) in one pass over it: each
     clip is read once, in one order for all (longest first), and handed to every encoder that wants it; each
@@ -406,13 +419,7 @@ def run_shared(jobs: list[Job], load: Callable[[str], Any], max_padding: float =
     plans = [plan_batches(c, getattr(job.encoder, "budget", None) or 1, single=getattr(job.encoder, "single", False),
                           max_padding=max_padding, order=order) for c, job in zip(costs, jobs)]
 
-    def handle(item) -> None:
-        k, prep, out, out_len = item
-        job = jobs[k]
-        t0 = time.perf_counter()
-        job.done += _write(job.encoder, prep, out, out_len, job.writer, job.on_done)
-        job.timings.write_s += time.perf_counter() - t0
-
+    handle = _jobs_writer(jobs)
     lanes = _Lanes(prefetch, ((cid, load(cid)) for cid in order), handle)
     cache: dict[str, Any] = {}
     uses = dict(wanted)
@@ -449,5 +456,71 @@ def run_shared(jobs: list[Job], load: Callable[[str], Any], max_padding: float =
         for job in jobs:
             job.timings.wall_s += wall
             job.timings.load_s += lanes.load_s  # shared: the pass reads each clip once for all
+            job.timings.wait_s += lanes.wait_s
+    return jobs
+
+
+def run_streamed(jobs: list[Job], stream: Iterable[tuple[str, dict[str, Any]]], hold: int = 4,
+                 max_padding: float = 0.1, prefetch: int = 2) -> list[Job]:
+    """Encoders fed by a stream of clips whose lengths are not known in advance (`esva featurize`: clips
+    come out of the decode and crop workers one by one). `stream` yields (clip_id, {modality: input}); a
+    job takes the clips of its `lengths` that carry its modality. Each encoder keeps arriving clips in a
+    pool and, once the pool holds `hold` batch budgets, packs it as `plan_batches` does (longest first,
+    within the budget and the padding bound) and runs every batch but the last, whose short clips wait for
+    the next ones; the end of the stream runs the rest. So memory holds about `hold` + 1 budgets of input
+    per encoder, and batches are as full as in `run_extraction` except at the pool's edges (equal
+    features up to float rounding). The stream is read on the loader thread, the stores are written on
+    the writer thread, the forwards run here; errors stop the pass as in `run_extraction`."""
+    pools: list[dict[str, Any]] = [{} for _ in jobs]
+    costs: list[dict[str, int]] = [{} for _ in jobs]
+
+    handle = _jobs_writer(jobs)
+    def run_pool(k: int, lanes: _Lanes, final: bool) -> bool:
+        job = jobs[k]
+        plan = plan_batches(costs[k], getattr(job.encoder, "budget", None) or 1,
+                            single=getattr(job.encoder, "single", False), max_padding=max_padding)
+        for ids in plan if final else plan[:-1]:
+            t1 = time.perf_counter()
+            prep = _prepare_items(job.encoder, ids, [pools[k].pop(c) for c in ids])
+            for c in ids:
+                del costs[k][c]
+            out, out_len = _forward(job.encoder, prep)
+            job.timings.forward_s += time.perf_counter() - t1
+            job.timings.count(job.encoder, prep)
+            if not lanes.hand((k, prep, out, out_len)):
+                return False  # the writer failed: its error is raised on leaving `with lanes`
+        return True
+
+    lanes = _Lanes(prefetch, stream, handle)
+    t_start = time.perf_counter()
+    try:
+        with lanes:
+            while True:
+                got = lanes.next()
+                if got is None:
+                    break
+                if got is _END:
+                    for k in range(len(jobs)):
+                        if not run_pool(k, lanes, final=True):
+                            break
+                    break
+                cid, item = got
+                for k, job in enumerate(jobs):
+                    x = item.get(job.encoder.modality)
+                    if cid not in job.lengths or x is None:
+                        continue
+                    c, skips = _costs(job.encoder, {cid: len(x)}, job.short_policy)
+                    job.skips += skips
+                    if c:
+                        pools[k][cid] = x
+                        costs[k].update(c)
+                    budget = getattr(job.encoder, "budget", None) or 1
+                    if sum(costs[k].values()) >= hold * budget and not run_pool(k, lanes, final=False):
+                        return jobs
+    finally:
+        wall = time.perf_counter() - t_start
+        for job in jobs:
+            job.timings.wall_s += wall
+            job.timings.load_s += lanes.load_s  # shared: the stream's own time (waiting on its workers included)
             job.timings.wait_s += lanes.wait_s
     return jobs

@@ -320,3 +320,33 @@ def crop_frames(frames: np.ndarray, dets: list[Detection | None], size: int, mar
             m = box_transform(boxes[i], size, 0.0 if d is None else margin)
         crops[i] = cv2.warpAffine(frames[i], m, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
     return crops, boxes
+
+
+class NoFace(Exception):
+    """A clip without a usable face: `reason` is its skip reason (no_frames, no_face, few_faces)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def crop_clip(detector, frames: np.ndarray, cfg, fps) -> tuple:
+    """One decoded clip's frames -> (crops, boxes, detected, meta) under `cfg` (the `crop` params: detect_every,
+    skip_if_no_face, min_face_ratio, size, margin, smooth); NoFace when it has no usable face."""
+    if len(frames) == 0:
+        raise NoFace("no_frames", "the decoded clip has no frames")
+    # detector on every crop.detect_every-th frame, boxes interpolated between (esva.media.faces.detect_tracked)
+    calls: dict = {}
+    dets, how = detect_tracked(detector, frames, cfg.detect_every, calls)
+    n_det = sum(d is not None for d in dets)
+    ratio = n_det / len(frames)
+    if n_det == 0 and cfg.skip_if_no_face:
+        raise NoFace("no_face", f"no face detected in any of {len(frames)} frames")
+    if ratio < cfg.min_face_ratio:
+        raise NoFace("few_faces", f"face in {ratio:.1%} of frames < crop.min_face_ratio={cfg.min_face_ratio}")
+    filled, n_missing = fill_missing(dets)
+    crops, boxes = crop_frames(frames, filled, cfg.size, cfg.margin, cfg.smooth)
+    detected = np.array([d is not None for d in dets], np.uint8)  # a face: found, or between two found
+    return crops, boxes, detected, {"n_frames": len(frames), "detected": n_det, "filled": n_missing,
+                                    "detector_runs": calls["detector_calls"], "interpolated": int((how == 2).sum()),
+                                    "centre_crop": n_det == 0, "fps": fps}

@@ -5,12 +5,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import numpy as np
-
 from esva import __version__
 from esva.config import CropConfig, config_hash
 from esva.provenance import clip_digest, code_digest
-from esva.media.faces import crop_frames, detect_tracked, fill_missing, make_detector
+from esva.media.faces import NoFace, crop_clip, make_detector
 from esva.store import FieldSpec, RaggedWriter
 from esva.store.ragged import MEDIA_FLUSH_BYTES
 from esva.train.stream import bound_heap
@@ -23,10 +21,28 @@ OUTPUT_KEYS = ("size", "margin", "smooth", "detect_every", "min_face_ratio", "sk
 PRODUCER = ("esva.media.faces",)  # the code that computes a clip's crops (the stage's own glue below too)
 
 
-class NoFace(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
+def fields(cfg: CropConfig) -> dict[str, FieldSpec]:
+    return {
+        "faces": FieldSpec("uint8", inner=(cfg.size, cfg.size, 3), chunk_rows=32, shard_chunks=16),
+        "boxes": FieldSpec("float32", inner=(4,), chunk_rows=1 << 14, shard_chunks=8),
+        "detected": FieldSpec("uint8", inner=(), chunk_rows=1 << 16, shard_chunks=8),
+    }
+
+
+def recipe(cfg: CropConfig, backend: str) -> str:
+    """The store-wide part of every clip's digest: output params, detector backend, producing code."""
+    return config_hash("crop", {k: getattr(cfg, k) for k in OUTPUT_KEYS}, backend, code_digest((*PRODUCER, __name__)))
+
+
+def store_attrs(cfg: CropConfig, backend: str, corpus: str, fps, decoded: Path) -> dict:
+    return {"stage": "crop", "corpus": corpus, "backend": backend, "size": cfg.size, "margin": cfg.margin,
+            "fps": fps, "layout": "NHWC RGB", "params": cfg.model_dump(mode="json"),
+            "params_hash": config_hash(cfg), "code_version": __version__,
+            "code_digest": code_digest((*PRODUCER, __name__)), "decoded": str(decoded),
+            "no_face_policy": "nearest earlier box, else nearest later box, else centre crop",
+            "detect_every": cfg.detect_every,
+            "tracking": "detector on every detect_every-th frame and the last; boxes linearly interpolated between "
+                        "two keyframes with a face (IoU >= 0.5), else per-frame detection between them"}
 
 
 def run(cfg: CropConfig, decoded: Path, out: Path, metrics_dir: Path | None = Path("metrics")) -> StageReport:
@@ -35,22 +51,10 @@ def run(cfg: CropConfig, decoded: Path, out: Path, metrics_dir: Path | None = Pa
     report = StageReport("crop", corpus=corpus, clips_in=len(src))
     probe_det = make_detector(cfg.backend, cfg.device)  # fails early, before any clip, if unusable
     backend = probe_det.name
-    fields = {
-        "faces": FieldSpec("uint8", inner=(cfg.size, cfg.size, 3), chunk_rows=32, shard_chunks=16),
-        "boxes": FieldSpec("float32", inner=(4,), chunk_rows=1 << 14, shard_chunks=8),
-        "detected": FieldSpec("uint8", inner=(), chunk_rows=1 << 16, shard_chunks=8),
-    }
-    code = code_digest((*PRODUCER, __name__))
-    fp = config_hash("crop", {k: getattr(cfg, k) for k in OUTPUT_KEYS}, backend, code)
+    fp = recipe(cfg, backend)
     # a clip's digest: this recipe and the decoded clip's own digest (so a changed video reaches its crops)
     digests = {c: clip_digest(recipe=fp, input=src.digest(c)) for c in src.ids()}
-    attrs = {"stage": "crop", "corpus": corpus, "backend": backend, "size": cfg.size, "margin": cfg.margin,
-             "fps": src.attrs.get("fps"), "layout": "NHWC RGB", "params": cfg.model_dump(mode="json"),
-             "params_hash": config_hash(cfg), "code_version": __version__, "code_digest": code, "decoded": str(decoded),
-             "no_face_policy": "nearest earlier box, else nearest later box, else centre crop",
-             "detect_every": cfg.detect_every,
-             "tracking": "detector on every detect_every-th frame and the last; boxes linearly interpolated between "
-                         "two keyframes with a face (IoU >= 0.5), else per-frame detection between them"}
+    attrs = store_attrs(cfg, backend, corpus, src.attrs.get("fps"), decoded)
     local = threading.local()
     workers = 1 if backend == "face_alignment" else cfg.workers
 
@@ -60,27 +64,10 @@ def run(cfg: CropConfig, decoded: Path, out: Path, metrics_dir: Path | None = Pa
         return local.det
 
     def one(cid: str):
-        frames = src.read(cid, ["frames"])["frames"]
-        if len(frames) == 0:
-            raise NoFace("no_frames", "the decoded clip has no frames")
-        # detector on every crop.detect_every-th frame, boxes interpolated between (esva.media.faces.detect_tracked)
-        calls: dict = {}
-        dets, how = detect_tracked(detector(), frames, cfg.detect_every, calls)
-        n_det = sum(d is not None for d in dets)
-        ratio = n_det / len(frames)
-        if n_det == 0 and cfg.skip_if_no_face:
-            raise NoFace("no_face", f"no face detected in any of {len(frames)} frames")
-        if ratio < cfg.min_face_ratio:
-            raise NoFace("few_faces", f"face in {ratio:.1%} of frames < crop.min_face_ratio={cfg.min_face_ratio}")
-        filled, n_missing = fill_missing(dets)
-        crops, boxes = crop_frames(frames, filled, cfg.size, cfg.margin, cfg.smooth)
-        detected = np.array([d is not None for d in dets], np.uint8)  # a face: found, or between two found
-        return crops, boxes, detected, {"n_frames": len(frames), "detected": n_det, "filled": n_missing,
-                                        "detector_runs": calls["detector_calls"], "interpolated": int((how == 2).sum()),
-                                        "centre_crop": n_det == 0, "fps": src.meta(cid).get("fps")}
+        return crop_clip(detector(), src.read(cid, ["frames"])["frames"], cfg, src.meta(cid).get("fps"))
 
     bound_heap()  # as decode: per-clip frame arrays mapped and given back
-    with RaggedWriter(out, fields, attrs, fp, digests=digests, flush_bytes=MEDIA_FLUSH_BYTES) as writer:
+    with RaggedWriter(out, fields(cfg), attrs, fp, digests=digests, flush_bytes=MEDIA_FLUSH_BYTES) as writer:
         todo = writer.todo()
         report.resumed = len(writer.reused)
         skips: dict[str, dict] = {}

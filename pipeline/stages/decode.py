@@ -38,15 +38,9 @@ def input_digest(path: Path, mode: str) -> str:
         return f"unreadable:{exc.__class__.__name__}"
 
 
-def run(cfg: DecodeConfig, manifest: Path, out: Path, metrics_dir: Path | None = Path("metrics")) -> StageReport:
-    df = read_manifest(manifest)
-    unused = int((df["role"] == "unused").sum())
-    df = df[df["role"] != "unused"]  # no stage reads them (esva.data.roles)
-    corpus = corpus_of(df["dataset"])
-    report = StageReport("decode", corpus=corpus, clips_in=len(df))
-    report.extra["unused_not_decoded"] = unused
+def clip_digests(cfg: DecodeConfig, rows: dict[str, dict]) -> dict[str, str]:
+    """Each manifest row's clip digest (the recipe and its video's content), hashed on `cfg.workers` threads."""
     fp = recipe(cfg)
-    rows = {r["clip_id"]: r for r in df.to_dict("records")}
     digests = {}
     with progress(f"decode: hashing inputs ({cfg.input_hash})") as bar:
         task = bar.add_task("hash", total=len(rows), rate="0.00")
@@ -54,14 +48,35 @@ def run(cfg: DecodeConfig, manifest: Path, out: Path, metrics_dir: Path | None =
         for cid, d in ordered_map(lambda c: input_digest(video_file(rows[c]), cfg.input_hash), list(rows), cfg.workers):
             digests[cid] = clip_digest(recipe=fp, input=d)
             bar.update(task, advance=1, rate=rate.tick())
-    attrs = {"stage": "decode", "corpus": corpus, "fps": cfg.fps, "sample_rate": cfg.sample_rate,
-             "max_side": cfg.max_side, "audio_dtype": "float32", "frames_dtype": "uint8", "frames_layout": "NHWC RGB",
-             "params": cfg.model_dump(mode="json"), "params_hash": config_hash(cfg), "code_version": __version__,
-             "code_digest": code_digest(PRODUCER), "input_hash": cfg.input_hash,
-             "ffmpeg": ffmpeg_binary(), "manifest": str(manifest)}
+    return digests
+
+
+def store_attrs(cfg: DecodeConfig, corpus: str, manifest: Path) -> dict:
+    return {"stage": "decode", "corpus": corpus, "fps": cfg.fps, "sample_rate": cfg.sample_rate,
+            "max_side": cfg.max_side, "audio_dtype": "float32", "frames_dtype": "uint8", "frames_layout": "NHWC RGB",
+            "params": cfg.model_dump(mode="json"), "params_hash": config_hash(cfg), "code_version": __version__,
+            "code_digest": code_digest(PRODUCER), "input_hash": cfg.input_hash,
+            "ffmpeg": ffmpeg_binary(), "manifest": str(manifest)}
+
+
+def clip_meta(res, row: dict) -> dict:
+    """A decoded clip's meta in the store: the decoder's, where it came from, its dataset."""
+    return {**res.meta, "video_path": str(row["video_path"]), "dataset": str(row["dataset"])}
+
+
+def run(cfg: DecodeConfig, manifest: Path, out: Path, metrics_dir: Path | None = Path("metrics")) -> StageReport:
+    df = read_manifest(manifest)
+    unused = int((df["role"] == "unused").sum())
+    df = df[df["role"] != "unused"]  # no stage reads them (esva.data.roles)
+    corpus = corpus_of(df["dataset"])
+    report = StageReport("decode", corpus=corpus, clips_in=len(df))
+    report.extra["unused_not_decoded"] = unused
+    rows = {r["clip_id"]: r for r in df.to_dict("records")}
+    digests = clip_digests(cfg, rows)
+    attrs = store_attrs(cfg, corpus, manifest)
     bound_heap()  # large per-clip arrays from worker threads: mapped and given back, not left as heap holes
     # commits every 64 MiB: a commit holds its block twice (concatenated, then encoded), so this bounds memory
-    with RaggedWriter(out, FIELDS, attrs, fp, digests=digests, flush_bytes=MEDIA_FLUSH_BYTES) as writer:
+    with RaggedWriter(out, FIELDS, attrs, recipe(cfg), digests=digests, flush_bytes=MEDIA_FLUSH_BYTES) as writer:
         todo = writer.todo()
         report.resumed = len(writer.reused)
         skips = {}
@@ -87,8 +102,7 @@ def run(cfg: DecodeConfig, manifest: Path, out: Path, metrics_dir: Path | None =
                     report.skip(row["clip_id"], path, "decode_error", detail)
                     skips[row["clip_id"]] = {"reason": "decode_error", "detail": detail}
                 else:
-                    meta = {**res.meta, "video_path": str(row["video_path"]), "dataset": str(row["dataset"])}
-                    writer.add(row["clip_id"], {"audio": res.audio, "frames": res.frames}, meta)
+                    writer.add(row["clip_id"], {"audio": res.audio, "frames": res.frames}, clip_meta(res, row))
                     for note in res.meta["notes"]:
                         log.warning("%s: %s", path, note)
                 bar.update(task, advance=1, rate=rate.tick())
