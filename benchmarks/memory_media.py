@@ -11,12 +11,14 @@ synthetic corpus built per size by the pipeline's own commands, as dvc.yaml chai
     esva crop           measured
     esva extract ENC    measured, per encoder (default hubert and mae; the params' checkpoints, tiny by default,
                         written under each size's own --models folder, as the DVC stage writes them)
+    esva featurize ENC  measured: the same encoders in one pass from the videos (decode and crop in worker
+                        processes), into stores of its own (--no-featurize leaves it out)
 
 each as a subprocess under `/usr/bin/time -v` (else `os.wait4`), so the peak RSS is that command's alone
 (benchmarks.memory.measure: the largest of the command's process and any child it waited for, e.g. one
 ffmpeg; the 1 s timeline sums the process tree). Every measured command runs with the params as they are
 (decode.workers, crop.workers, batch budgets), into fresh stores.
-Target: per command, peak RSS at factor x N <= 1.1x that at N. Writes metrics/bench_memory_media.json.
+Target: per command (featurize included), peak RSS at factor x N <= 1.1x that at N. Writes metrics/bench_memory_media.json.
 Synthetic clips (esva's generator, 2-5 s at 320x240, 25 fps by default): a memory benchmark, not a result on
 any corpus.
 
@@ -102,8 +104,10 @@ def stage_report(work: Path, name: str) -> dict:
     return out
 
 
-def run_size(work: Path, n: int, params: Path, overrides: list[str], encoders: list[str], workers: int) -> dict:
-    """Build (or reuse) the corpus, then measure decode, crop and each extract into fresh stores."""
+def run_size(work: Path, n: int, params: Path, overrides: list[str], encoders: list[str], workers: int,
+             featurize: bool = True) -> dict:
+    """Build (or reuse) the corpus, then measure decode, crop, each extract and (with `featurize`) `esva featurize`
+    of the same encoders, into fresh stores."""
     corpus = build_corpus(work, n, params, overrides, workers)
     out: dict = {"clips": n, "corpus_build": corpus}
     if corpus.get("failed"):
@@ -123,6 +127,14 @@ def run_size(work: Path, n: int, params: Path, overrides: list[str], encoders: l
                                   "--decoded", str(work / "decoded.zarr"), "--faces", str(work / "faces.zarr"),
                                   "--manifest", str(work / "manifest.parquet"), "--models", str(work / "models"),
                                   *common]
+    media = [e for e in encoders if e != "text"]
+    if featurize and media:  # the one-pass path into stores of its own (the models folder shared)
+        shutil.rmtree(work / "featurize", ignore_errors=True)
+        cmds["featurize"] = [esva(), "featurize", *media, "--manifest", str(work / "manifest.parquet"),
+                             "--decoded", str(work / "featurize" / "decoded.zarr"),
+                             "--faces", str(work / "featurize" / "faces.zarr"),
+                             "--features", str(work / "featurize" / "features"), "--models", str(work / "models"),
+                             *common]
     out["commands"] = {}
     for name, cmd in cmds.items():
         if name != "decode" and out["commands"].get("decode", {}).get("failed"):
@@ -178,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="params override for every command, e.g. --set decode.workers=1 (repeatable)")
+    ap.add_argument("--no-featurize", action="store_true", help="leave out `esva featurize` of the same encoders")
     ap.add_argument("--out", type=Path, default=Path("metrics/bench_memory_media.json"))
     args = ap.parse_args(argv)
     if args.factor < 2:
@@ -194,6 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
     params = args.params.resolve()
     factor_name = f"{args.factor}N"
     names = ["decode", "crop", *(f"extract_{e}" for e in args.encoders)]
+    if not args.no_featurize and any(e != "text" for e in args.encoders):
+        names.append("featurize")
     workers = min(p.synth.workers, os.cpu_count() or 1)
     result: dict = {
         "benchmark": "memory_media",
@@ -217,7 +232,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     try:
         for name, n in (("N", args.n), (factor_name, args.n * args.factor)):
-            result["sizes"][name] = run_size(args.work / f"N{n}", n, params, args.overrides, args.encoders, workers)
+            result["sizes"][name] = run_size(args.work / f"N{n}", n, params, args.overrides, args.encoders, workers,
+                                             not args.no_featurize)
     finally:
         if not args.keep:
             for n in (args.n, args.n * args.factor):

@@ -127,7 +127,7 @@ def test_memory_media_benchmark_tiny(tmp_path):
     assert json.loads(out.read_text()) == res
     common_keys(res, "memory_media")
     assert not res["failed"] and res["corpus"] == "synthetic"
-    names = ["decode", "crop", "extract_hubert", "extract_mae"]
+    names = ["decode", "crop", "extract_hubert", "extract_mae", "featurize"]  # featurize: the same encoders, one pass
     assert set(res["meets_target"]) == {*names, "overall"}
     assert res["sizes"]["N"]["clips"] == 6 and res["sizes"]["2N"]["clips"] == 12
     for name in names:

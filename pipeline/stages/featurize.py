@@ -186,7 +186,9 @@ def run(params, encoders: list[str], manifest: Path = Path("data/manifest.parque
     forward = sum(r.timings.forward_s for r in runs)
     result = {
         "stage": "featurize", "corpus": corpus, "encoders": list(encoders), "workers": workers,
-        "clips_in": len(rows), "clips_processed": len(tasks), "seconds": round(wall, 2),
+        "clips_in": len(rows), "clips_processed": len(tasks),
+        "done": min(rep.done for rep in reports[2:]),  # clips with the features of every encoder asked for
+        "seconds": round(wall, 2),
         "worker_seconds": round(worker_s[0], 2), "encoder_forward_seconds": round(forward, 2),
         # above 1.0: decode/crop and the encoders ran at the same time (the sum of their busy seconds over the wall)
         "overlap": round((worker_s[0] + forward) / wall, 3) if wall else 0.0,

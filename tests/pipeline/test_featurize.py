@@ -79,7 +79,7 @@ def test_featurize_writes_the_stores_of_the_stages(pair):
     assert stages["decode"]["clips"]["new"] == 6 and stages["crop"]["clips"]["new"] == 6
     assert stages["extract_hubert"]["clips"]["new"] == 6 and stages["extract_mae"]["done"] == 6
     report = json.loads((b / "metrics" / "featurize.json").read_text())
-    assert report["worker_seconds"] > 0 and report["encoder_forward_seconds"] > 0
+    assert report["worker_seconds"] > 0 and report["encoder_forward_seconds"] > 0 and report["done"] == 6
     assert report["stages"]["extract_mae"]["pipeline"]["clips"] == 6
 
 
@@ -139,3 +139,45 @@ def test_the_skip_ratio_stops_the_run_after_the_stores_are_written(tmp_path, syn
 def test_featurize_names_a_wrong_encoder():
     with pytest.raises(ValueError, match="text"):
         featurize.run(Params(), ["text"])
+
+
+def _against_fp32_stages(pair, tmp_path, device: str, dtype: str) -> dict:
+    """featurize with the encoders on `device` in `dtype` against the fp32 CPU stages: the media stores exact (the
+    workers decode and crop on the CPU), the features within bf16's reach of their fp32 values."""
+    a, _, p, _ = pair
+    d = tmp_path / device
+    d.mkdir()
+    shutil.copy(a / "m.parquet", d / "m.parquet")
+    feats = p.features.model_copy(update={e: getattr(p.features, e).model_copy(update={"device": device, "dtype": dtype})
+                                          for e in ENCODERS})
+    res = _featurize(d, p.model_copy(update={"features": feats}))
+    for e in ENCODERS:
+        sa, sb = open_store(a / "features" / f"{e}.zarr"), open_store(d / "features" / f"{e}.zarr")
+        assert sorted(sa.ids()) == sorted(sb.ids()) and len(sa.ids()) == 6
+        for c in sa.ids():
+            x, y = (s.read(c)["last"].astype(np.float32) for s in (sa, sb))
+            assert x.shape == y.shape, (e, c)
+            cos = (x * y).sum(-1) / (np.linalg.norm(x, axis=-1) * np.linalg.norm(y, axis=-1) + 1e-8)
+            assert cos.min() >= 0.99, (e, c, float(cos.min()))
+    fa, fb = open_store(a / "faces.zarr"), open_store(d / "faces.zarr")
+    for c in fa.ids():
+        np.testing.assert_array_equal(fb.read(c)["faces"], fa.read(c)["faces"])
+    return res
+
+
+def test_featurize_in_bf16_matches_the_fp32_stages(pair, tmp_path):
+    res = _against_fp32_stages(pair, tmp_path, "cpu", "bf16")  # forced: the bf16 path runs on every machine
+    for e in ENCODERS:
+        assert res["stages"][f"extract_{e}"]["compute_dtype"] == "bfloat16"
+
+
+@pytest.mark.gpu
+def test_featurize_on_a_cuda_device_matches_the_cpu_stages(pair, tmp_path):
+    """The encoders on `cuda` (auto precision: bf16 on a recent GPU) while the workers decode on the CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    res = _against_fp32_stages(pair, tmp_path, "cuda", "auto")
+    assert res["stages"]["extract_hubert"]["precision"]["device"].startswith("cuda")
+    assert res["gpu_utilisation"]["samples"] > 0 or "reason" in res["gpu_utilisation"]
