@@ -75,11 +75,12 @@ def friendly(fn):
         from esva.train.stage1 import TrainError
         from esva.store import StoreError
         from pipeline.common import StageFailed
+        from esva.media.worker import WorkerFailed
 
         try:
             return fn(*args, **kwargs)
         except (ConfigError, AdapterError, StoreError, StageFailed, FaceBackendError, FileNotFoundError, ValueError,
-                CheckpointError, FeatureError, TrainError, LlmError, EvalError, GroupingError, JudgeError) as exc:
+                CheckpointError, FeatureError, TrainError, LlmError, EvalError, GroupingError, JudgeError, WorkerFailed) as exc:
             import os
 
             if os.environ.get("ESVA_DEBUG"):

@@ -13,6 +13,10 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+class WorkerFailed(RuntimeError):
+    """A worker process died or could not return its clip: not a skip of that clip (`esva featurize` stops)."""
+
+
 _DETECTORS: dict[tuple[str, str], Any] = {}  # one face detector per worker process and backend
 
 

@@ -33,6 +33,7 @@ from esva.data.manifest import corpus_of, read_manifest, video_file
 from esva.encoders import REGISTRY
 from esva.encoders.engine import Job, Skip, run_streamed
 from esva.media import worker
+from esva.media.worker import WorkerFailed
 from esva.provenance import atomic_write_json, clip_digest
 from esva.store import RaggedWriter, StoreError
 from esva.store.ragged import MEDIA_FLUSH_BYTES
@@ -139,9 +140,13 @@ def run(params, encoders: list[str], manifest: Path = Path("data/manifest.parque
                     for (cid, _), (_, res) in zip(tasks, done):
                         bar.update(task, advance=1, rate=tick.tick())
                         row = rows[cid]
-                        if isinstance(res, BaseException):  # the worker process itself failed
-                            res = {"decoded": None, "decode_skip": ("decode_error", f"{res.__class__.__name__}: {res}"),
-                                   "crop": None, "crop_skip": None, "seconds": 0.0}
+                        if isinstance(res, BaseException):
+                            # the worker catches every failure of the clip itself, so this is the process (killed,
+                            # out of memory, a result that would not pickle): not the video's fault, so not a skip
+                            # that a rerun would trust; the run stops, and a rerun resumes from what was committed
+                            raise WorkerFailed(f"featurize: the worker process decoding {video_file(row)} failed "
+                                               f"({res.__class__.__name__}: {res}); nothing was recorded for this "
+                                               f"clip, and the clips finished before it are kept: run again to resume")
                         worker_s[0] += res["seconds"]
                         if res["decode_skip"] is not None:
                             reason, detail = res["decode_skip"]
@@ -164,8 +169,12 @@ def run(params, encoders: list[str], manifest: Path = Path("data/manifest.parque
                                 fw.add(cid, {"faces": crops, "boxes": boxes, "detected": detected}, meta)
                         yield cid, {"audio": dec.audio, "faces": crops}
 
-            with gpu:
-                run_streamed(jobs, stream())
+            clips = stream()
+            try:
+                with gpu:
+                    run_streamed(jobs, clips)
+            finally:
+                clips.close()  # the loader thread has stopped: the pool shuts down here, also after an error
         dw.record_skips(dec_skips)
         fw.record_skips(crop_skips)
         dec_report.extra["clips"], crop_report.extra["clips"] = dw.counts(), fw.counts()
@@ -187,7 +196,7 @@ def run(params, encoders: list[str], manifest: Path = Path("data/manifest.parque
     result = {
         "stage": "featurize", "corpus": corpus, "encoders": list(encoders), "workers": workers,
         "clips_in": len(rows), "clips_processed": len(tasks),
-        "done": min(rep.done for rep in reports[2:]),  # clips with the features of every encoder asked for
+        "done": min(len(decode_stage.open_store(r.out)) for r in runs),  # clips with every asked-for encoder's features
         "seconds": round(wall, 2),
         "worker_seconds": round(worker_s[0], 2), "encoder_forward_seconds": round(forward, 2),
         # above 1.0: decode/crop and the encoders ran at the same time (the sum of their busy seconds over the wall)

@@ -181,3 +181,28 @@ def test_featurize_on_a_cuda_device_matches_the_cpu_stages(pair, tmp_path):
     res = _against_fp32_stages(pair, tmp_path, "cuda", "auto")
     assert res["stages"]["extract_hubert"]["precision"]["device"].startswith("cuda")
     assert res["gpu_utilisation"]["samples"] > 0 or "reason" in res["gpu_utilisation"]
+
+
+def test_a_dead_worker_stops_the_run_without_recording_a_skip(tmp_path, synth_corpus, monkeypatch):
+    """A worker process that dies (killed, out of memory) is not the video's fault: no skip is recorded that a
+    rerun would trust; the run stops naming the video, and the rerun finishes every clip."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from esva.media.worker import WorkerFailed
+
+    ingest.run(IngestConfig(), (Source(name="synthetic", adapter="synthetic", root=str(synth_corpus)),),
+               tmp_path / "m.parquet", None)
+
+    def dies_at_the_third(fn, items, workers, executor=None):
+        for i, item in enumerate(items):
+            yield item, (BrokenProcessPool("a child process terminated abruptly") if i == 2 else fn(item))
+
+    monkeypatch.setattr(featurize, "ordered_map", dies_at_the_third)
+    with pytest.raises(WorkerFailed, match=r"worker process decoding .*\.mp4 failed \(BrokenProcessPool"):
+        _featurize(tmp_path, _params(), workers=1)
+    monkeypatch.undo()
+    dec = open_store(tmp_path / "decoded.zarr")
+    assert not dec.attrs.get("skip_records") and len(dec.ids()) == 2
+    again = _featurize(tmp_path, _params(), workers=1)
+    assert again["stages"]["decode"]["skipped"] == 0 and again["done"] == 6
+    assert again["stages"]["decode"]["clips"] == {"reused": 2, "recomputed": 0, "new": 4, "dropped": 0}
